@@ -1,0 +1,5 @@
+"""MSAT: multistage adaptive threshold ANN-to-SNN conversion (reference implementation)."""
+from .models import create_model, list_models, register_model
+
+__version__ = "0.1.0"
+__all__ = ["create_model", "list_models", "register_model"]
