@@ -1,0 +1,1 @@
+"""Reproduction drivers: ``python -m experiments.reproduce TARGET``."""

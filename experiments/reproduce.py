@@ -1,0 +1,498 @@
+"""Reproduce the paper's tables and figures: ``python -m experiments.reproduce TARGET [--smoke]``.
+
+Each target (``table3`` ... ``table8``, ``fig2``, ``fig5``, ``fig6``, ``fig7``)
+
+1. trains the checkpoints its experiments need when they are absent (``train_ann.py``, one
+   Hydra multirun per dataset; ``--ckpt-dir`` / ``CKPT_DIR`` point at existing ones),
+2. runs its conversions as one Hydra multirun of ``convert_eval.py`` over its experiment files
+   (``conf/experiment/<target>_*.yaml``, plus a sweep such as ``sc=off,on,filtered``),
+3. aggregates the runs' ``metrics.json`` into ``results/<target>.md`` (measured columns beside
+   the paper's and the authors' from ``../shared/reference``) and a figure where the paper has one.
+
+``--smoke`` runs the identical pipeline on the synthetic stand-ins of the same input shape
+(1 training epoch of 2 batches, T = 8, tiny splits) and writes to ``outputs/smoke/`` (never to
+``results/``): generated wrappers ``outputs/smoke/reproduce/<target>/conf/smoke/<exp>.yaml``
+include each experiment file and override only the dataset and sizes.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from msat import reporting as rp
+from msat.utils import UserError, atomic_write_text
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE_T = 8
+SMOKE_E = 4                                       # SC steps in smoke runs (E <= T)
+SMOKE_DATASETS = {"cifar10": "synthetic_cifar", "cifar100": "synthetic_cifar", "imagenet": "synthetic_imagenet",
+                  "imdb": "synthetic_imdb", "speech_commands": "synthetic_speech", "digits": "digits"}
+SMOKE_SIZES = {"synthetic_cifar": (64, 16), "synthetic_imagenet": (16, 8), "synthetic_imdb": (64, 16),
+               "synthetic_speech": (70, 16), "digits": None}
+PAPER_T = (16, 32, 64, 128, 256)
+DATASET_LABEL = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "imagenet": "ImageNet", "imdb": "IMDB",
+                 "speech_commands": "Speech Commands"}
+MODEL_LABEL = {"vgg16": "VGG16", "resnet20": "ResNet20", "resnet34": "ResNet34", "bilstm": "BiLSTM", "m5": "M5"}
+
+
+@dataclass
+class Context:
+    """What an aggregator sees: the runs' metrics, each experiment's paper dataset/model, the figure path."""
+
+    target: str
+    runs: list[dict]
+    cells: dict[str, tuple[str, str]]        # experiment name -> (paper dataset, model)
+    smoke: bool
+    figure: Path
+
+    def run(self, name: str, **conf: Any) -> dict | None:
+        """The run of experiment ``name`` whose config matches ``conf`` (dotted keys as ``a__b``)."""
+        for r in self.runs:
+            if r.get("name") != name:
+                continue
+            if all(_get(r["config"], k.replace("__", ".")) == v for k, v in conf.items()):
+                return r
+        return None
+
+
+def _get(d: Mapping, dotted: str) -> Any:
+    for k in dotted.split("."):
+        d = d.get(k) if isinstance(d, Mapping) else None
+    return d
+
+
+def acc_at(run: dict | None, t: int) -> float | None:
+    """Accuracy (fraction) after t steps, None if the run is missing or shorter."""
+    return run["acc"][t - 1] if run is not None and t <= len(run["acc"]) else None
+
+
+def table_steps(T: int) -> list[int]:
+    """The paper's T columns up to the simulated T (smoke: the default report steps)."""
+    steps = [t for t in PAPER_T if t <= T]
+    return steps or [t for t in (1, 4, 8, 16) if t <= T]
+
+
+def variant(cfg: Mapping) -> str:
+    """A short label of a run's neuron / SC configuration (fixed, 0.2 Vth, DTT, DET, MSAT, burst; + SC)."""
+    n, sc = cfg["neuron"], cfg["sc"]
+    if n["threshold"] == "fixed":
+        label = "burst" if int(n["gamma"]) > 1 else ("fixed" if float(n["k"]) == 1.0 else f"{float(n['k']):g} Vth")
+    else:
+        label = {(True, True): "MSAT", (True, False): "DTT", (False, True): "DET"}.get(
+            (bool(n["use_dtt"]), bool(n["use_det"])), "MSAT (no DTT/DET)")
+    if sc["enabled"]:
+        label += " + SC" + (" (filtered)" if sc["reset"] == "filtered" else "")
+    return label
+
+
+def _paper_num(row: dict | None, key: str) -> str:
+    return rp.NA if row is None or row.get(key) in (None, "") else row[key]
+
+
+def _authors_steps(curve: dict[int, float] | None, target_acc: float | None) -> str:
+    """The authors' first T on their grid with acc >= ``target_acc`` (%)."""
+    if curve is None or target_acc is None:
+        return rp.NA
+    hit = [t for t in sorted(curve) if curve[t] >= target_acc]
+    return str(hit[0]) if hit else f">{max(curve)}"
+
+
+def _label(ds: str, m: str) -> tuple[str, str]:
+    return MODEL_LABEL.get(m, m), DATASET_LABEL.get(ds, ds)
+
+
+# ----------------------------------------------------------------------------- aggregators
+
+def agg_table3(ctx: Context) -> str:
+    """VGG16 / ResNet20 x CIFAR-10/100, MSAT: ANN, SNN, loss, steps to lossless, beside paper and authors."""
+    rows = []
+    T = None
+    for name, (ds, m) in ctx.cells.items():
+        if name.endswith("_normalized"):
+            continue
+        raw, norm = ctx.run(name), ctx.run(name + "_normalized")
+        T = len(raw["acc"]) if raw else T
+        paper = rp.paper_row(3, "MSAT", ds, m)
+        cfg = raw["config"] if raw else {"neuron": {"threshold": "msat"}, "sc": {"enabled": True}}
+        curve = rp.authors_curve(ds, m, rp.authors_run_name(cfg["neuron"], cfg["sc"]))
+        paper_ann = float(paper["ann_acc"]) if paper else None
+        rows.append([*_label(ds, m),
+                     rp.pct(raw and raw["ann_acc"]), rp.pct(acc_at(raw, T)),
+                     rp.pct(raw and raw["ann_acc"] - raw["acc"][-1]), raw and raw["steps_to_lossless"],
+                     rp.pct(acc_at(norm, T)), norm and norm["steps_to_lossless"],
+                     _paper_num(paper, "ann_acc"), _paper_num(paper, "snn_acc"), _paper_num(paper, "loss"),
+                     _paper_num(paper, "steps"),
+                     rp.fmt(curve.get(256)) if curve else rp.NA, _authors_steps(curve, paper_ann)])
+    head = ["Model", "Dataset", "ANN (%)", f"SNN T={T} (%)", "loss (pp)", "steps to lossless",
+            f"SNN normalized T={T} (%)", "steps normalized", "paper ANN", "paper SNN", "paper loss",
+            "paper steps", "authors SNN T=256", "authors steps >= paper ANN"]
+    return ("MSAT + SC, authors' units (`neuron.units=raw`) and calibration; `normalized` columns: the same "
+            "run in normalized units (SPEC section 2). Steps to lossless: first t with SNN acc >= ANN acc.\n\n"
+            + rp.markdown_table(head, rows))
+
+
+def _curve_rows(ctx: Context, entries: Sequence[tuple[str, dict | None]], steps: Sequence[int]) -> list[list]:
+    return [[label, *[rp.pct(acc_at(r, t)) for t in steps]] for label, r in entries]
+
+
+def agg_table4(ctx: Context) -> str:
+    """VGG16 CIFAR-10: fixed threshold vs MSAT at T = 16..256, beside the paper's rows and the authors' curves."""
+    fixed, msat, norm = ctx.run("table4_fixed"), ctx.run("table4_msat"), ctx.run("table4_msat_normalized")
+    T = max(len(r["acc"]) for r in (fixed, msat, norm) if r)
+    steps = table_steps(T)
+    rows = _curve_rows(ctx, [("fixed threshold (measured)", fixed), ("MSAT + SC, raw (measured)", msat),
+                             ("MSAT + SC, normalized (measured)", norm)], steps)
+    for method in ("Calibration", "DTIF", "MSAT"):
+        note = rp.parse_note((rp.paper_row(4, method, "cifar10", "vgg16") or {}).get("note"))
+        rows.append([f"{method} (paper)", *[note.get(f"T{t}", rp.NA) for t in steps]])
+    for label, cfg in (("fixed", {"threshold": "fixed", "k": 1.0}), ("MSAT + SC", {"threshold": "msat"})):
+        curve = rp.authors_curve("cifar10", "vgg16", rp.authors_run_name(cfg, {"enabled": label != "fixed"}))
+        rows.append([f"{label} (authors)", *[rp.fmt(curve.get(t)) if curve else rp.NA for t in steps]])
+    series = {variant(r["config"]) + f" ({r['config']['neuron']['units']})": [100 * a for a in r["acc"]]
+              for r in (fixed, msat, norm) if r}
+    rp.plot_curves(series, ctx.figure, title="VGG16 CIFAR-10: accuracy vs T",
+                   hlines={"ANN": 100 * msat["ann_acc"]} if msat else None)
+    return ("CIFAR-10 / VGG16, accuracy (%) at T.\n\n"
+            + rp.markdown_table(["Method", *[f"T={t}" for t in steps]], rows)
+            + f"\n![accuracy vs T]({ctx.figure.name})\n")
+
+
+def agg_table5(ctx: Context) -> str:
+    """ResNet34 ImageNet, MSAT."""
+    raw, norm = ctx.run("table5_msat"), ctx.run("table5_msat_normalized")
+    paper = rp.paper_row(5, "MSAT", "imagenet", "resnet34")
+    T = len(raw["acc"]) if raw else len(norm["acc"]) if norm else 0
+    rows = [["ResNet34", "ImageNet", rp.pct(raw and raw["ann_acc"]), rp.pct(acc_at(raw, T)),
+             rp.pct(raw and raw["ann_acc"] - raw["acc"][-1]), raw and raw["steps_to_lossless"],
+             rp.pct(acc_at(norm, T)), _paper_num(paper, "ann_acc"), _paper_num(paper, "snn_acc"),
+             _paper_num(paper, "loss"), _paper_num(paper, "steps")]]
+    head = ["Model", "Dataset", "ANN (%)", f"SNN T={T} (%)", "loss (pp)", "steps to lossless",
+            f"SNN normalized T={T} (%)", "paper ANN", "paper SNN", "paper loss", "paper steps"]
+    return ("MSAT + SC, ResNet34 hyper-parameters (alpha 1.0, tau 0.5/0.5). The authors published no MSAT "
+            "ImageNet curve (their ImageNet runs are burst-spike baselines): no authors' column.\n\n"
+            + rp.markdown_table(head, rows))
+
+
+def agg_table6(ctx: Context) -> str:
+    """IMDB BiLSTM and Speech Commands M5: fixed threshold (the paper's RMP-SNN row) vs MSAT."""
+    rows = []
+    for name, (ds, m) in ctx.cells.items():
+        r = ctx.run(name)
+        method = "MSAT + SC" + (" normalized" if name.endswith("_normalized") else "") if "msat" in name else "fixed"
+        paper = rp.paper_row(6, "MSAT" if "msat" in name else "RMP-SNN", ds, m)
+        T = len(r["acc"]) if r else 0
+        rows.append([*_label(ds, m), method, rp.pct(r and r["ann_acc"]), rp.pct(acc_at(r, T)), T or rp.NA,
+                     r and r["steps_to_lossless"], _paper_num(paper, "ann_acc"), _paper_num(paper, "snn_acc"),
+                     _paper_num(paper, "steps")])
+    head = ["Model", "Dataset", "Method", "ANN (%)", "SNN (%)", "T", "steps to lossless", "paper ANN",
+            "paper SNN", "paper steps"]
+    return ("The paper's RMP-SNN rows are the fixed threshold with soft reset. The BiLSTM encoder stays analog; "
+            "only its ReLU head spikes (SPEC 1.6). MSAT uses the VGG16 hyper-parameters (none published "
+            "for these models).\n\n" + rp.markdown_table(head, rows))
+
+
+def agg_table7(ctx: Context) -> str:
+    """SC ablation: ANS of the last spiking layer at t = E and accuracy at T = 32, without and with SC."""
+    rows = []
+    for name, (ds, m) in ctx.cells.items():
+        for sc_label, cond, paper_method in (("w/o SC", {"sc__enabled": False}, "MSAT w/o SC"),
+                                             ("w/ SC (emitted)", {"sc__enabled": True, "sc__reset": "emitted"},
+                                              "MSAT w/ SC"),
+                                             ("w/ SC (filtered)", {"sc__enabled": True, "sc__reset": "filtered"},
+                                              None)):
+            r = ctx.run(name, **cond)
+            T = min(32, len(r["acc"])) if r else 32
+            paper = rp.paper_row(7, paper_method, ds, m) if paper_method else None
+            run = rp.authors_run_name({"threshold": "msat"}, {"enabled": cond["sc__enabled"]})
+            ans = rp.authors_layer_stat(ds, m, run, "avg_error_spikenum")
+            curve = rp.authors_curve(ds, m, run)
+            rows.append([*_label(ds, m), sc_label, rp.fmt(r and r["layers"][-1]["ans"], 3),
+                         rp.fmt(r and r["layers"][-1]["p"], 3), rp.pct(acc_at(r, T)), T,
+                         rp.parse_note(paper["note"]).get("ANS", rp.NA) if paper else rp.NA,
+                         _paper_num(paper, "snn_acc"), rp.fmt(ans[max(ans)], 3) if ans else rp.NA,
+                         rp.fmt(curve.get(32)) if curve else rp.NA])
+    head = ["Model", "Dataset", "SC", "ANS (last layer, t=E)", "p (SC)", "acc (%)", "T", "paper ANS",
+            "paper acc T=32", "authors ANS", "authors acc T=32"]
+    return ("ANS: spikes per SIN neuron of the last spiking layer at t = E (16; smoke: 4). `emitted`: a dropped "
+            "spike's charge is lost (authors' code); `filtered`: it keeps its charge (paper Eq. 20).\n\n"
+            + rp.markdown_table(head, rows))
+
+
+def _energy_split(e: Mapping) -> tuple[float, float, float]:
+    """(OP of analog-fed layers, OP_ANN of spike-fed layers, OP_SNN of spike-fed layers), in M."""
+    first = sum(v for n, v in e["op_ann"].items() if e["fed_by"][n] is None)
+    rest_ann = sum(v for n, v in e["op_ann"].items() if e["fed_by"][n] is not None)
+    rest_snn = sum(v for n, v in e["op_snn"].items() if e["fed_by"][n] is not None)
+    return first / 1e6, rest_ann / 1e6, rest_snn / 1e6
+
+
+def agg_table8(ctx: Context) -> str:
+    """Energy, VGG16 CIFAR-100, T = 64: burst spikes vs MSAT."""
+    rows = []
+    for name, method in (("table8_burst", "Burst"), ("table8_msat", "MSAT")):
+        r = ctx.run(name)
+        note = rp.parse_note((rp.paper_row(8, method, "cifar100", "vgg16") or {}).get("note"))
+        if r:
+            e = r["energy"]
+            op1, ann_rest, snn_rest = _energy_split(e)
+            measured = [rp.fmt(e["mean_firing_rate"], 5), f"{op1:.2f}M", f"{ann_rest:.2f}M", f"{snn_rest:.2f}M",
+                        rp.fmt(e["ratio"], 3), rp.pct(r["acc"][-1])]
+        else:
+            measured = [rp.NA] * 6
+        rows.append([method, *measured, note.get("mean_firing_rate", rp.NA), note.get("OP1", rp.NA),
+                     note.get("OPann_rest", rp.NA), note.get("OPsnn_rest", rp.NA), note.get("energy_ratio", rp.NA)])
+    head = ["Method", "mean firing rate", "OP_1", "OP_ANN l>=2", "OP_SNN l>=2", "energy ratio", "acc (%)",
+            "paper rate", "paper OP_1", "paper OP_ANN l>=2", "paper OP_SNN l>=2", "paper ratio"]
+    return ("Eq. 21-23 with E_MAC = 4.6 pJ, E_AC = 0.9 pJ; OP per sample, summed over T = 64 steps "
+            "(smoke: T = 8).\n\n" + rp.markdown_table(head, rows))
+
+
+def agg_fig2(ctx: Context) -> str:
+    """SIN ratio per layer over t (CIFAR-100, VGG16 and ResNet20), authors' SINRate at t = 16 beside."""
+    panels, parts = [], []
+    for name, (ds, m) in ctx.cells.items():
+        r = ctx.run(name)
+        if r is None:
+            parts.append(f"{name}: run missing\n")
+            continue
+        panels.append({"series": r["sin_curve"], "ylabel": "SIN ratio", "title": f"{_label(ds, m)[0]} {ds}"})
+        ref = rp.authors_layer_stat(ds, m, rp.authors_run_name(r["config"]["neuron"], r["config"]["sc"]), "SINRate")
+        T = len(r["acc"])
+        ts = [t for t in (16, 32, T) if t <= T]
+        rows = [[i + 1, n, *[rp.fmt(r["sin_curve"][n][t - 1], 3) for t in ts],
+                 rp.fmt(ref.get(i + 1), 3) if ref else rp.NA] for i, n in enumerate(r["sin_curve"])]
+        parts.append(f"### {' / '.join(_label(ds, m))}\n\n"
+                     + rp.markdown_table(["#", "layer", *[f"t={t}" for t in ts], "authors SINRate t=16"], rows))
+    if panels:
+        rp.plot_panels(panels, ctx.figure)
+    return ("SIN ratio = |spiking neurons whose ANN pre-activation is <= 0| / |ANN pre-activation <= 0|.\n\n"
+            + "\n".join(parts) + f"\n![SIN ratio]({ctx.figure.name})\n")
+
+
+def _fig_curves(ctx: Context, groups: Sequence[dict], title: str, shade: bool = False) -> str:
+    """Accuracy-curve panels (one per experiment) and a table of accuracy at the paper's T."""
+    panels, rows = [], []
+    for name, (ds, m) in ctx.cells.items():
+        runs = [ctx.run(name, **g) for g in groups]
+        runs = [r for r in runs if r]
+        if not runs:
+            continue
+        T = len(runs[0]["acc"])
+        steps = table_steps(T)
+        refs = {}
+        for r in runs:
+            lab = variant(r["config"])
+            rows.append([*_label(ds, m), lab, *[rp.pct(acc_at(r, t)) for t in steps]])
+            curve = rp.authors_curve(ds, m, rp.authors_run_name(r["config"]["neuron"], r["config"]["sc"]))
+            if curve:
+                refs[f"{lab} (authors)"] = {t: v for t, v in curve.items() if t <= max(T, 256)}
+                rows.append([*_label(ds, m), f"{lab} (authors)", *[rp.fmt(curve.get(t)) for t in steps]])
+        sc_e = runs[0]["config"]["sc"]["E"] if shade else None
+        panels.append({"series": {variant(r["config"]): [100 * a for a in r["acc"]] for r in runs},
+                       "hlines": {"ANN": 100 * runs[0]["ann_acc"]}, "refs": refs if not ctx.smoke else None,
+                       "title": f"{' / '.join(_label(ds, m))}", "shade_before": sc_e})
+    if panels:
+        rp.plot_panels(panels, ctx.figure)
+    steps = table_steps(max((len(r["acc"]) for r in ctx.runs), default=SMOKE_T))
+    return (title + "\n\n" + rp.markdown_table(["Model", "Dataset", "Neuron", *[f"T={t}" for t in steps]], rows)
+            + f"\n![accuracy curves]({ctx.figure.name})\n")
+
+
+def agg_fig5(ctx: Context) -> str:
+    """Fixed, 0.2 Vth, DTT, DET and MSAT accuracy curves."""
+    groups = [{"neuron__threshold": "fixed", "neuron__k": 1.0}, {"neuron__threshold": "fixed", "neuron__k": 0.2},
+              {"neuron__threshold": "msat", "neuron__use_dtt": True, "neuron__use_det": False},
+              {"neuron__threshold": "msat", "neuron__use_dtt": False, "neuron__use_det": True},
+              {"neuron__threshold": "msat", "neuron__use_dtt": True, "neuron__use_det": True}]
+    return _fig_curves(ctx, groups, "Accuracy (%) after T steps without SC; dashed: the authors' curves.")
+
+
+def agg_fig6(ctx: Context) -> str:
+    """MSAT with and without spike confidence; the green band marks the SC steps."""
+    return _fig_curves(ctx, [{"sc__enabled": False}, {"sc__enabled": True}],
+                       "MSAT accuracy (%) without and with SC (green band: t < E).", shade=True)
+
+
+def agg_fig7(ctx: Context) -> str:
+    """Firing rate per layer, VGG16 CIFAR-100, T = 64."""
+    r = ctx.run("fig7_msat")
+    if r is None:
+        return "fig7_msat: run missing\n"
+    rp.plot_firing_rate(r["layers"], ctx.figure, title="VGG16 CIFAR-100: firing rate per layer")
+    rows = [[i + 1, L["name"], rp.fmt(L["firing_rate"], 4)] for i, L in enumerate(r["layers"])]
+    note = rp.parse_note((rp.paper_row(8, "MSAT", "cifar100", "vgg16") or {}).get("note"))
+    return (f"Mean firing rate over layers: {r['energy']['mean_firing_rate']:.4f} (paper: 0.0585 in the text, "
+            f"{note.get('mean_firing_rate', rp.NA)} in Table 8; per-layer range 0.010-0.127 in the text).\n\n"
+            + rp.markdown_table(["#", "layer", "firing rate"], rows) + f"\n![firing rate]({ctx.figure.name})\n")
+
+
+@dataclass(frozen=True)
+class Target:
+    title: str
+    experiments: tuple[str, ...]
+    aggregate: Callable[[Context], str]
+    sweep: tuple[str, ...] = ()              # extra multirun overrides, e.g. "sc=off,on,filtered"
+    runtime: str = ""                        # expected runtime on one GPU (README)
+
+
+def _cells(prefix: str, suffixes: Sequence[str] = ("",)) -> tuple[str, ...]:
+    return tuple(f"{prefix}_{ds}_{m}{s}" for ds in ("cifar10", "cifar100") for m in ("vgg16", "resnet20")
+                 for s in suffixes)
+
+
+TARGETS: dict[str, Target] = {
+    "table3": Target("Table 3: MSAT on CIFAR-10/100", _cells("table3", ("", "_normalized")), agg_table3,
+                     runtime="~1.5 h (+ training 4 x ~3 h)"),
+    "table4": Target("Table 4: fixed threshold vs MSAT at T = 16..256 (VGG16 CIFAR-10)",
+                     ("table4_fixed", "table4_msat", "table4_msat_normalized"), agg_table4, runtime="~30 min"),
+    "table5": Target("Table 5: ResNet34 on ImageNet", ("table5_msat", "table5_msat_normalized"), agg_table5,
+                     runtime="~6 h (+ training)"),
+    "table6": Target("Table 6: IMDB BiLSTM and Speech Commands M5", tuple(
+        f"table6_{d}_{v}" for d in ("imdb", "speech") for v in ("fixed", "msat", "msat_normalized")), agg_table6,
+                     runtime="~1 h (+ training ~1 h)"),
+    "table7": Target("Table 7: spike confidence ablation (ANS, accuracy at T = 32)", _cells("table7"), agg_table7,
+                     sweep=("sc=off,on,filtered",), runtime="~20 min"),
+    "table8": Target("Table 8: energy, VGG16 CIFAR-100, T = 64", ("table8_burst", "table8_msat"), agg_table8,
+                     runtime="~10 min"),
+    "fig2": Target("Fig. 2: SIN ratio per layer over t (CIFAR-100)", ("fig2_vgg16", "fig2_resnet20"), agg_fig2,
+                   runtime="~30 min"),
+    "fig5": Target("Fig. 5: fixed, 0.2 Vth, DTT, DET and MSAT accuracy curves", _cells("fig5"), agg_fig5,
+                   sweep=("neuron=fixed,scaled,dtt,det,msat",), runtime="~5 h"),
+    "fig6": Target("Fig. 6: accuracy with and without spike confidence", _cells("fig6"), agg_fig6,
+                   sweep=("sc=off,on",), runtime="~40 min"),
+    "fig7": Target("Fig. 7: firing rate per layer (VGG16 CIFAR-100, T = 64)", ("fig7_msat",), agg_fig7,
+                   runtime="~5 min"),
+}
+
+
+# ----------------------------------------------------------------------------- the driver
+
+def experiment_cell(name: str) -> tuple[str, str]:
+    """(dataset, model) an experiment file selects, by composing it (no run)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("convert_eval", overrides=[f"experiment={name}"])
+    return str(cfg.dataset.name), str(cfg.model.name)
+
+
+def smoke_wrapper(name: str, dataset: str) -> str:
+    """A config that includes experiment ``name`` and swaps in the synthetic dataset and smoke sizes."""
+    smoke_ds = SMOKE_DATASETS[dataset]
+    sizes = SMOKE_SIZES[smoke_ds]
+    size_lines = f"dataset:\n  n_train: {sizes[0]}\n  n_test: {sizes[1]}\n" if sizes else ""
+    return (f"# @package _global_\n# Generated by experiments/reproduce.py --smoke: {name} on {smoke_ds}, "
+            f"T={SMOKE_T}.\ndefaults:\n  - /experiment/{name}\n  - override /dataset: {smoke_ds}\n"
+            f"  - override /sim: smoke\n  - _self_\nT: {SMOKE_T}\nreport_T: null\nsc:\n  E: {SMOKE_E}\n"
+            f"{size_lines}")
+
+
+def _python() -> str:
+    return os.environ.get("PYTHON", sys.executable)
+
+
+def _run(cmd: list[str], what: str) -> None:
+    print("+ " + " ".join(cmd), flush=True)
+    proc = subprocess.run(cmd, cwd=REPO)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{what} failed (exit code {proc.returncode}): {' '.join(cmd)}")
+
+
+def train_missing(pairs: Sequence[tuple[str, str]], ckpt_dir: Path, work: Path, smoke: bool,
+                  extra: Sequence[str] = ()) -> list[tuple[str, str]]:
+    """Train the (dataset, model) checkpoints absent from ``ckpt_dir``: one train_ann.py multirun per dataset."""
+    missing = [(d, m) for d, m in pairs if not (ckpt_dir / f"{d}_{m}.pt").is_file()]
+    for ds, group in itertools.groupby(sorted(missing), key=lambda p: p[0]):
+        models = ",".join(m for _, m in group)
+        cmd = [_python(), "train_ann.py", "-m", f"dataset={ds}", f"model={models}", f"paths.ckpt_dir={ckpt_dir}",
+               f"hydra.sweep.dir={work / 'train' / ds}", *extra]
+        if smoke:
+            sizes = SMOKE_SIZES.get(ds)
+            cmd += ["train=smoke", "train.ckpt_path=null", "logger=none"]
+            cmd += [f"dataset.n_train={sizes[0]}", f"dataset.n_test={sizes[1]}"] if sizes else []
+        _run(cmd, f"training {ds} / {models}")
+    return missing
+
+
+def reproduce(target: str, smoke: bool = False, results_dir: str | Path | None = None,
+              work_dir: str | Path | None = None, ckpt_dir: str | Path | None = None,
+              extra: Sequence[str] = ()) -> Path:
+    """Train what is missing, run the target's multirun, aggregate; returns the markdown path."""
+    if target not in TARGETS:
+        raise UserError(f"unknown target {target!r}; valid targets: {', '.join(TARGETS)}")
+    spec = TARGETS[target]
+    base = REPO / "outputs" / ("smoke" if smoke else "")
+    results = Path(results_dir) if results_dir else (base / "results" if smoke else REPO / "results")
+    work = (Path(work_dir) if work_dir else base / "reproduce") / target
+    ckpt = Path(ckpt_dir or os.environ.get("CKPT_DIR") or (base / "checkpoints" if smoke else REPO / "checkpoints"))
+    ckpt, work, results = ckpt.resolve(), work.resolve(), results.resolve()
+    cells = {e: experiment_cell(e) for e in spec.experiments}
+    pairs = sorted({(SMOKE_DATASETS[d] if smoke else d, m) for d, m in cells.values()})
+    train_missing(pairs, ckpt, work, smoke)
+
+    runs_dir = work / "runs"
+    cmd = [_python(), "convert_eval.py", "-m", *spec.sweep, f"paths.ckpt_dir={ckpt}",
+           f"hydra.sweep.dir={runs_dir}", "skip_done=true"]
+    if smoke:
+        conf = work / "conf"
+        for e, (ds, _) in cells.items():
+            atomic_write_text(conf / "smoke" / f"{e}.yaml", smoke_wrapper(e, ds))
+        cmd += [f"+smoke={','.join(spec.experiments)}", f"hydra.searchpath=[file://{conf}]", "logger=none"]
+    else:
+        cmd += [f"experiment={','.join(spec.experiments)}"]
+    cmd += list(extra)
+    _run(cmd, f"{target} conversions")
+
+    n_jobs = len(spec.experiments)
+    for s in spec.sweep:
+        n_jobs *= len(s.split("=", 1)[1].split(","))
+    missing = [i for i in range(n_jobs) if not (runs_dir / str(i) / "metrics.json").is_file()]
+    if missing:
+        raise RuntimeError(f"{target}: jobs {missing} of {runs_dir} wrote no metrics.json (see their logs)")
+    runs = [json.loads((runs_dir / str(i) / "metrics.json").read_text()) for i in range(n_jobs)]
+    results.mkdir(parents=True, exist_ok=True)
+    ctx = Context(target=target, runs=runs, cells=cells, smoke=smoke, figure=results / f"{target}.png")
+    body = spec.aggregate(ctx)
+    head = f"# {spec.title}\n\n"
+    if smoke:
+        head += (f"**Smoke run**: synthetic data, 1 training epoch, T = {SMOKE_T}. It checks the pipeline; the "
+                 "measured numbers mean nothing next to the paper's.\n\n")
+    ref = "" if rp.load_reference("paper_tables") is not None else \
+        f"Reference CSVs not found under {rp.shared_dir()}/reference (set MSAT_SHARED_DIR): reference columns n/a.\n\n"
+    tail = f"\nRuns: `{runs_dir}` ({n_jobs} jobs); checkpoints: `{ckpt}`.\n"
+    out = results / f"{target}.md"
+    atomic_write_text(out, head + ref + body + tail)
+    print(f"wrote {out}", flush=True)
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("target", help=f"one of: {', '.join(TARGETS)}, or all")
+    ap.add_argument("--smoke", action="store_true", help="synthetic data, 1 epoch, T=8; writes to outputs/smoke/")
+    ap.add_argument("--results-dir", help="where <target>.md/.png go (default results/, smoke outputs/smoke/results/)")
+    ap.add_argument("--work-dir", help="multirun and wrapper directory (default outputs[/smoke]/reproduce)")
+    ap.add_argument("--ckpt-dir", help="checkpoint directory (default $CKPT_DIR, else checkpoints/)")
+    ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for every conversion, e.g. sim.batch_size=256")
+    args = ap.parse_args(argv)
+    targets = list(TARGETS) if args.target == "all" else [args.target]
+    try:
+        for t in targets:
+            reproduce(t, smoke=args.smoke, results_dir=args.results_dir, work_dir=args.work_dir,
+                      ckpt_dir=args.ckpt_dir, extra=args.overrides)
+    except (UserError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,274 @@
+"""Spiking neurons (SPEC section 2): pure step functions and a thin stateful module shell.
+
+The pure functions (``fire``, ``reset_potential``, ``fixed_step``, ``msat_threshold``,
+``msat_step``, ``spike_confidence``) state the equations once, over explicit state; they never
+mutate their inputs. ``SpikingNeuron`` holds the state of one layer and runs the same equations
+over a chunk of time steps with in-place operations on preallocated buffers (tests check that
+both agree). ``reset_net(module)`` clears the state of every stateful module of a network.
+
+Units: the pure functions work in the neuron's own units, where the layer scale is ``theta``
+(``raw`` units: theta = theta_l; ``normalized`` units: theta = 1, the input is z/theta_l and the
+output is multiplied back by theta_l). ``V_T = -theta`` in both cases.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import NeuronConfig
+
+Tensor = torch.Tensor
+Scalar = Union[float, Tensor]
+
+
+def _exp_cap(dtype: torch.dtype) -> float:
+    """Largest exp argument used: keeps tau_rd * exp(.) finite for the dtype."""
+    return math.log(torch.finfo(dtype).max) - 8.0
+
+
+# ----------------------------------------------------------------------------- pure functions
+
+def fire(v_pre: Tensor, th: Scalar, gamma: int = 1) -> Tensor:
+    """Spike count ``s = clamp(floor(V_pre / th), 0, gamma)`` (th > 0)."""
+    return torch.clamp(torch.floor(v_pre / th), 0, gamma)
+
+
+def reset_potential(v_pre: Tensor, th: Scalar, s_reset: Tensor, hard: bool = False) -> Tensor:
+    """Residual potential: soft ``V_pre - th * s_reset``; hard ``0 where s_reset > 0``."""
+    if hard:
+        return torch.where(s_reset > 0, torch.zeros_like(v_pre), v_pre)
+    return v_pre - th * s_reset
+
+
+def fixed_step(z: Tensor, v: Tensor, th: Scalar, gamma: int = 1, hard: bool = False) -> tuple[Tensor, Tensor]:
+    """One step with a constant threshold ``th``: returns ``(s, v_next)``; inputs are not mutated."""
+    v_pre = v + z
+    s = fire(v_pre, th, gamma)
+    return s, reset_potential(v_pre, th, s, hard)
+
+
+def msat_threshold(z: Tensor, v_prev: Tensor, vbar_prev: Optional[Tensor], t: int, theta: Scalar,
+                   hp: NeuronConfig) -> Tensor:
+    """MSAT threshold ``th(t)`` (SPEC 2): ``theta`` at t = 0, else
+    ``theta * sigmoid(use_dtt * DTT + use_det * DET)`` with ``d = V(t-1) - Vbar(t-1)``,
+    ``DTT = tau_mp*(alpha*d + V_T + k_a*softplus(d/k_i))``, ``DET = tau_rd*exp(-z(t)/C)``,
+    ``V_T = -theta``. ``vbar_prev`` is the mean of V(0..t-1). Inputs are not mutated.
+    """
+    theta_t = torch.as_tensor(theta, dtype=v_prev.dtype, device=v_prev.device)
+    if t == 0:
+        return torch.ones_like(v_prev) * theta_t
+    x = torch.zeros_like(v_prev)
+    if hp.use_dtt:
+        d = v_prev - vbar_prev
+        dtt = hp.tau_mp * (hp.alpha * d - theta_t + hp.k_a * F.softplus(d / hp.k_i))
+        x = x + dtt
+    if hp.use_det:
+        det = hp.tau_rd * torch.exp(torch.clamp(-z / hp.C, max=_exp_cap(z.dtype)))
+        x = x + det
+    th = theta_t * torch.sigmoid(x)
+    return torch.clamp(th, min=torch.finfo(th.dtype).tiny)
+
+
+def msat_step(z: Tensor, v: Tensor, vsum: Tensor, t: int, theta: Scalar, hp: NeuronConfig,
+              gamma: int = 1, hard: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One MSAT step: returns ``(s, th, v_next, vsum_next)``; ``vsum`` is the sum of V(0..t-1)."""
+    vbar = vsum / t if t > 0 else None
+    th = msat_threshold(z, v, vbar, t, theta, hp)
+    v_pre = v + z
+    s = fire(v_pre, th, gamma)
+    v_next = reset_potential(v_pre, th, s, hard)
+    return s, th, v_next, vsum + v_next
+
+
+def spike_confidence(s: Tensor, p: float, u: Tensor) -> Tensor:
+    """Spike confidence ``s_out = c * s`` with ``c = (u < p)``, ``u`` uniform draws in [0, 1)."""
+    return s * (u < p).to(s.dtype)
+
+
+# ----------------------------------------------------------------------------- module shells
+
+class MemoryModule(nn.Module):
+    """A module with state across time steps; ``reset_state()`` clears it."""
+
+    def reset_state(self) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+def reset_net(net: nn.Module) -> None:
+    """Clear the state of every ``MemoryModule`` inside ``net``."""
+    for m in net.modules():
+        if isinstance(m, MemoryModule):
+            m.reset_state()
+
+
+class SpikingNeuron(MemoryModule):
+    """One spiking layer replacing one ReLU call site.
+
+    ANN mode (``forward``): a ReLU, optionally reporting its input to a recorder (calibration,
+    ANN pre-activations). SNN mode (``run_chunk``, called by the simulation engine): the
+    recurrence of SPEC 2 over a chunk of time steps, state carried across chunks.
+    """
+
+    def __init__(self, cfg: NeuronConfig, name: str):
+        super().__init__()
+        self.cfg = cfg
+        self.name = name
+        self.register_buffer("theta", torch.ones(()))   # calibrated scale: () or per-channel (C, 1, ...)
+        self.sc_p: Optional[float] = None               # keep probability (None: SC not set)
+        self.sc_layer = False                           # SC acts on this layer
+        self.sc_E = 0
+        self.sc_filtered = False
+        self.sc_generator: Optional[torch.Generator] = None
+        self.recorder = None                            # callable(neuron, x) in ANN mode
+        self.reset_state()
+
+    def extra_repr(self) -> str:
+        c = self.cfg
+        return (f"name={self.name!r}, threshold={c.threshold}, units={c.units}, reset={c.reset}, "
+                f"gamma={c.gamma}, theta_shape={tuple(self.theta.shape)}")
+
+    # --- ANN mode
+    def forward(self, x: Tensor) -> Tensor:
+        if self.recorder is not None:
+            self.recorder(self, x)
+        return F.relu(x)
+
+    # --- state
+    def reset_state(self) -> None:
+        self.v: Optional[Tensor] = None      # V(t-1), per sample shape (B, ...)
+        self.vsum: Optional[Tensor] = None   # sum of V(0..t-1) (msat)
+        self.t = 0
+
+    def set_theta(self, theta: Tensor) -> None:
+        self.theta = theta.detach().to(self.theta.device, self.theta.dtype).clone()
+
+    def _units(self) -> tuple[Scalar, Optional[Scalar], Optional[Scalar]]:
+        """(theta inside the neuron, input factor or None, output factor or None)."""
+        th = self.theta
+        alive = th > 0
+        if th.dim() == 0:
+            val = float(th)
+            if self.cfg.units == "normalized":
+                return 1.0, (1.0 / val if val > 0 else 0.0), val
+            return (val, None, None) if val > 0 else (1.0, None, 0.0)
+        if self.cfg.units == "normalized":
+            return 1.0, torch.where(alive, 1.0 / torch.where(alive, th, torch.ones_like(th)), torch.zeros_like(th)), th
+        inner = torch.where(alive, th, torch.ones_like(th))
+        return inner, None, (None if bool(alive.all()) else alive.to(th.dtype))
+
+    # --- SNN mode
+    def run_chunk(self, z: Tensor, steps: int, batch: int, static: bool = False,
+                  keep_spikes: bool = False) -> tuple[Tensor, Tensor]:
+        """Advance ``steps`` time steps.
+
+        z: (steps*B, ...) time-folded input current, or (B, ...) when ``static`` (the same current
+        every step). Returns ``(out, spikes)``: out (steps*B, ...) the layer output o = s_out*th
+        (in activation units), spikes (steps, B, ...) the spike counts s_out. With
+        ``keep_spikes=False`` the two may share memory (spikes is then not valid).
+        """
+        cfg = self.cfg
+        feat = z.shape[1:]
+        theta_in, in_scale, out_scale = self._units()
+        zs = z.view(1 if static else steps, batch, *feat)                 # (Tc or 1, B, ...)
+        if in_scale is not None:
+            zs = zs * in_scale
+        if self.v is None:
+            self.v = torch.zeros((batch, *feat), dtype=z.dtype, device=z.device)
+            if cfg.v_init != 0:
+                self.v.add_(cfg.v_init * theta_in)
+            if cfg.threshold == "msat":
+                self.vsum = torch.zeros_like(self.v)
+        spikes = z.new_empty((steps, batch, *feat))                        # (Tc, B, ...)
+        if cfg.threshold == "fixed":
+            th_const = cfg.k * theta_in
+            self._loop(zs, spikes, static, lambda i, t: th_const, None)
+            scale = th_const if out_scale is None else th_const * out_scale
+            out = spikes.mul_(scale) if not keep_spikes else spikes * scale
+        else:
+            out = torch.empty_like(spikes)
+            thresh = self._msat_thresholds(zs, theta_in)
+            self._loop(zs, spikes, static, thresh, out)
+            if out_scale is not None:
+                out.mul_(out_scale)
+        self.t += steps
+        return out.view(steps * batch, *feat), spikes
+
+    def _msat_thresholds(self, zs: Tensor, theta_in: Scalar):
+        """A function (i, t) -> th(t) for the chunk, reading the current state (V(t-1), sums)."""
+        cfg = self.cfg
+        v_t = -theta_in
+        if cfg.use_det:
+            # DET (+ the constant part of DTT) for all steps of the chunk at once: (Tc or 1, B, ...)
+            det = zs.mul(-1.0 / cfg.C).clamp_max_(_exp_cap(zs.dtype)).exp_().mul_(cfg.tau_rd)
+            if cfg.use_dtt:
+                det.add_(cfg.tau_mp * v_t)
+        c_sp = cfg.tau_mp * cfg.k_a / cfg.k_i
+        c_d = cfg.tau_mp * cfg.alpha
+        beta = 1.0 / cfg.k_i
+        d = torch.empty_like(self.v)
+        tiny = torch.finfo(zs.dtype).tiny
+        plain = isinstance(theta_in, float) and theta_in == 1.0
+
+        def thresh(i: int, t: int) -> Scalar:
+            if t == 0:
+                return theta_in
+            det_i = None if not cfg.use_det else det[0 if det.shape[0] == 1 else i]
+            if cfg.use_dtt:
+                torch.add(self.v, self.vsum, alpha=-1.0 / t, out=d)       # d = V(t-1) - Vbar(t-1)
+                x = F.softplus(d, beta=beta).mul_(c_sp).add_(d, alpha=c_d)
+                x.add_(det_i) if det_i is not None else x.add_(cfg.tau_mp * v_t)
+                x.sigmoid_()
+            elif det_i is not None:
+                x = torch.sigmoid(det_i)
+            else:
+                x = torch.full_like(self.v, 0.5)
+            if not plain:
+                x.mul_(theta_in)
+            return x.clamp_min_(tiny)
+
+        return thresh
+
+    def _loop(self, zs: Tensor, spikes: Tensor, static: bool, thresh, out: Optional[Tensor]) -> None:
+        """The time loop: V_pre = V + z, fire, spike confidence, reset (and o = s_out * th)."""
+        cfg = self.cfg
+        v, vsum = self.v, self.vsum
+        gamma, hard = cfg.gamma, cfg.reset == "hard"
+        sc = self.sc_layer and self.sc_p is not None
+        u = torch.empty_like(v) if sc else None
+        for i in range(spikes.shape[0]):
+            t = self.t + i
+            th = thresh(i, t)                                  # uses V(t-1): before the update
+            v.add_(zs[0] if static else zs[i])                 # V_pre(t)
+            s = spikes[i]
+            if gamma == 1:
+                torch.ge(v, th, out=s)                         # exact form of clamp(floor(v/th), 0, 1)
+            else:
+                torch.div(v, th, out=s).floor_().clamp_(0, gamma)
+            keep = None
+            if sc and t < self.sc_E:
+                torch.rand(u.shape, generator=self.sc_generator, dtype=u.dtype, device=u.device, out=u)
+                keep = u.lt_(self.sc_p)                        # c ~ Bernoulli(p), as 0/1 values
+                if self.sc_filtered:
+                    s.mul_(keep)
+                    keep = None
+            # s_reset = s (before dropping) or s_out (filtered, already dropped)
+            if hard:
+                v.masked_fill_(s > 0, 0.0)
+            elif isinstance(th, float):
+                v.sub_(s, alpha=th)
+            else:
+                v.addcmul_(s, th, value=-1.0)
+            if keep is not None:
+                s.mul_(keep)                                   # s_out = c * s (emitted)
+            if out is not None:
+                torch.mul(s, th, out=out[i])
+            if vsum is not None:
+                vsum.add_(v)
+
+
+__all__ = ["fire", "reset_potential", "fixed_step", "msat_threshold", "msat_step", "spike_confidence",
+           "MemoryModule", "reset_net", "SpikingNeuron"]

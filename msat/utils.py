@@ -1,0 +1,223 @@
+"""Small shared helpers: errors for users, seeding, devices, atomic writes, RNG state, versions."""
+from __future__ import annotations
+
+import functools
+import io
+import json
+import logging
+import os
+import platform
+import random
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+
+class UserError(Exception):
+    """A problem with the user's input (config, names, files): reported in one line, exit code 2."""
+
+
+# ----------------------------------------------------------------------------- seeding, devices
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """Seed Python, NumPy and torch (CPU and every CUDA device).
+
+    ``deterministic=True`` also asks cuDNN/torch for deterministic kernels (slower on GPU).
+    """
+    seed = int(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+    if deterministic:
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    """``'auto'`` -> ``cuda`` if available, else ``cpu``; other names are checked, not guessed."""
+    name = str(name)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError as e:
+        raise UserError(f"invalid device {name!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'") from e
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"device {name!r} requested but CUDA is not available; use device=auto or cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UserError(f"device {name!r} requested but only {torch.cuda.device_count()} CUDA devices exist")
+    return dev
+
+
+# ----------------------------------------------------------------------------- atomic writes
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically: a temporary file in the same folder, then ``os.replace``.
+
+    A reader sees either the old file or the complete new one, never a partial write.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Atomic UTF-8 text write (see :func:`atomic_write_bytes`)."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` to ``path`` atomically (serialized in memory, then written like bytes)."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Atomic, indented JSON; values JSON cannot encode (paths, tensors, numpy) are stringified."""
+    def default(o: Any) -> Any:
+        if isinstance(o, (np.generic,)):
+            return o.item()
+        if isinstance(o, torch.Tensor) and o.numel() == 1:
+            return o.item()
+        return str(o)
+
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=default) + "\n")
+
+
+# ----------------------------------------------------------------------------- RNG state
+
+def _numpy_state_to_plain(st: tuple) -> dict:
+    # plain types and a tensor, so checkpoints load with torch.load(weights_only=True)
+    key, keys, pos, has_gauss, cached = st
+    return {"key": key, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+
+
+def _numpy_state_from_plain(d: dict) -> tuple:
+    return (d["key"], d["keys"].numpy().astype(np.uint32), d["pos"], d["has_gauss"], d["cached_gaussian"])
+
+
+def capture_rng_state(generators: Mapping[str, torch.Generator] | None = None) -> dict:
+    """Python, NumPy, torch CPU and CUDA RNG states, plus named ``generators`` (e.g. a DataLoader's)."""
+    return {
+        "python": random.getstate(),
+        "numpy": _numpy_state_to_plain(np.random.get_state()),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "generators": {k: g.get_state() for k, g in (generators or {}).items()},
+    }
+
+
+def restore_rng_state(state: dict, generators: Mapping[str, torch.Generator] | None = None) -> None:
+    """Inverse of :func:`capture_rng_state`; CUDA states are restored when the device count matches."""
+    random.setstate(state["python"])
+    np.random.set_state(_numpy_state_from_plain(state["numpy"]))
+    torch.set_rng_state(state["torch"].cpu())
+    cuda = state.get("cuda") or []
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
+    elif cuda:
+        log.warning("checkpoint has %d CUDA RNG states, this machine %d devices: CUDA RNG not restored",
+                    len(cuda), torch.cuda.device_count() if torch.cuda.is_available() else 0)
+    saved = state.get("generators", {})
+    for k, g in (generators or {}).items():
+        if k not in saved:
+            raise KeyError(f"no saved state for generator {k!r}; saved: {sorted(saved)}")
+        g.set_state(saved[k].cpu())
+
+
+# ----------------------------------------------------------------------------- provenance
+
+def git_commit(repo: str | os.PathLike | None = None) -> str | None:
+    """Current git commit of ``repo`` (default: this package's checkout), ``+dirty`` if modified."""
+    repo = Path(repo) if repo is not None else Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
+                             text=True, timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return sha + ("+dirty" if dirty else "")
+
+
+def versions() -> dict:
+    """Versions of Python, torch, torchvision, msat and the git commit, for provenance."""
+    from . import __version__
+
+    try:
+        import torchvision
+        tv = torchvision.__version__
+    except ImportError:
+        tv = None
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": tv,
+        "cuda": torch.version.cuda,
+        "msat": __version__,
+        "git_commit": git_commit(),
+    }
+
+
+# ----------------------------------------------------------------------------- entry points
+
+def hydra_run_dir() -> Path | None:
+    """The current Hydra job's output directory, or ``None`` outside ``@hydra.main``."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return Path(HydraConfig.get().runtime.output_dir)
+    except (ImportError, ValueError):
+        return None
+
+
+def _in_multirun() -> bool:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        return HydraConfig.get().mode == RunMode.MULTIRUN
+    except (ImportError, ValueError):
+        return False
+
+
+def exit_on_user_error(fn: Callable) -> Callable:
+    """Decorate an entry point: a :class:`UserError` prints one line and exits with code 2.
+
+    In a Hydra multirun the error is logged and re-raised instead, so that Hydra marks only
+    that job as failed and the other jobs still run.
+    """
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except UserError as e:
+            if _in_multirun():
+                log.error("error: %s", e)
+                raise
+            print(f"error: {e}", file=sys.stderr)
+            raise SystemExit(2) from None
+
+    return wrapper

@@ -1,0 +1,292 @@
+"""Neuron dynamics against hand-computed sequences (plain Python math), and pure == module."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from msat.config import ConfigError, conversion_config
+from msat.neurons import SpikingNeuron, fixed_step, msat_step, msat_threshold, reset_net
+
+
+def make(theta: float = 1.0, **neuron) -> SpikingNeuron:
+    cfg = conversion_config({"neuron": neuron}).neuron
+    n = SpikingNeuron(cfg, "test")
+    n.set_theta(torch.tensor(theta))
+    return n
+
+
+def run(n: SpikingNeuron, z: list[float], chunk: int = 100) -> tuple[list[float], list[float]]:
+    """Feed one neuron the currents ``z`` (one per step); returns (outputs, spike counts)."""
+    zt = torch.tensor(z, dtype=torch.float64).view(-1, 1)     # (T*B, 1) with B = 1
+    n.double()
+    outs, spikes = [], []
+    for t0 in range(0, len(z), chunk):
+        c = zt[t0:t0 + chunk]
+        o, s = n.run_chunk(c, c.shape[0], 1, keep_spikes=True)
+        outs += o.flatten().tolist()
+        spikes += s.flatten().tolist()
+    return outs, spikes
+
+
+# ----------------------------------------------------------------------------- fixed threshold
+
+def test_fixed_soft_reset_by_hand():
+    # V: .75 | 1.5 -> fire, .5 | 1.25 -> fire, .25 | 1.0 -> fire, 0 | .75 | 1.5 -> fire, .5
+    out, s = run(make(1.0), [0.75] * 6)
+    assert s == [0, 1, 1, 1, 0, 1]
+    assert out == [0, 1, 1, 1, 0, 1]
+
+
+def test_fixed_hard_reset_by_hand():
+    # V: .75 | 1.5 -> fire, 0 | .75 | 1.5 -> fire, 0 | .75 | 1.5 -> fire
+    _, s = run(make(1.0, reset="hard"), [0.75] * 6)
+    assert s == [0, 1, 0, 1, 0, 1]
+
+
+def test_fixed_k_factor_and_raw_units():
+    # raw units, theta = 2, k = 0.5: th = 1; z = 0.75 -> same spikes as above, o = s * 1
+    out, s = run(make(2.0, units="raw", k=0.5), [0.75] * 6)
+    assert s == [0, 1, 1, 1, 0, 1]
+    assert out == [0, 1, 1, 1, 0, 1]
+
+
+def test_normalized_units_scale_input_and_output():
+    # theta = 4: the neuron sees z / 4 = .75 and outputs s * 1 * 4
+    out, s = run(make(4.0), [3.0] * 6)
+    assert s == [0, 1, 1, 1, 0, 1]
+    assert out == [0, 4, 4, 4, 0, 4]
+
+
+def test_burst_gamma():
+    # gamma = 3, z = 2.5: V_pre 2.5 -> s 2, V .5 | 3.0 -> 3, 0 | 2.5 -> 2, .5 | 3.0 -> 3 | 2.5 -> 2
+    _, s = run(make(1.0, gamma=3), [2.5] * 5)
+    assert s == [2, 3, 2, 3, 2]
+    # clamp: z = 5: V_pre 5 -> 3, V 2 | 7 -> 3, 4 | 9 -> 3, 6 | 11 -> 3, 8 | 13 -> 3
+    _, s = run(make(1.0, gamma=3), [5.0] * 5)
+    assert s == [3, 3, 3, 3, 3]
+
+
+def test_v_init_and_negative_input():
+    # v_init = .5: V(-1) = .5; z = [.25, .25, -1, .5, .5]: V_pre .75 | 1.0 fire -> 0 | -1 | -.5 | 0
+    _, s = run(make(1.0, v_init=0.5), [0.25, 0.25, -1.0, 0.5, 0.5])
+    assert s == [0, 1, 0, 0, 0]
+
+
+# ----------------------------------------------------------------------------- MSAT
+
+def msat_reference(z: list[float], theta: float, use_dtt: bool, use_det: bool, alpha: float = 0.03,
+                   k_a: float = 1.0, k_i: float = 1.0, C: float = 5.0, tau_mp: float = 1.0,
+                   tau_rd: float = 1.0, normalized: bool = True) -> tuple[list[float], list[float]]:
+    """SPEC 2 written out with the math module, one neuron, soft reset, gamma 1."""
+    th_l = 1.0 if normalized else theta
+    v, hist, outs, spikes = 0.0, [], [], []
+    for t, zt in enumerate(z):
+        zn = zt / theta if normalized else zt
+        if t == 0:
+            th = th_l
+        else:
+            d = v - sum(hist) / len(hist)
+            x = 0.0
+            if use_dtt:
+                x += tau_mp * (alpha * d - th_l + k_a * math.log1p(math.exp(d / k_i)))
+            if use_det:
+                x += tau_rd * math.exp(-zn / C)
+            th = th_l / (1.0 + math.exp(-x))
+        v += zn
+        s = float(min(max(math.floor(v / th), 0), 1))
+        v -= th * s
+        hist.append(v)
+        spikes.append(s)
+        outs.append(s * th * (theta if normalized else 1.0))
+    return outs, spikes
+
+
+Z = [0.9, 0.2, 0.7, -0.3, 1.3, 0.1, 0.6, 0.8]
+
+
+@pytest.mark.parametrize("use_dtt,use_det", [(True, False), (False, True), (True, True)])
+@pytest.mark.parametrize("units", ["normalized", "raw"])
+def test_msat_by_hand(use_dtt, use_det, units):
+    theta = 2.0
+    z = [2 * v for v in Z]
+    hp = dict(alpha=0.3, k_a=1.0, k_i=0.5, C=5.0, tau_mp=0.5, tau_rd=0.5)
+    n = make(theta, threshold="msat", use_dtt=use_dtt, use_det=use_det, units=units, **hp)
+    out, s = run(n, z, chunk=3)
+    ref_out, ref_s = msat_reference(z, theta, use_dtt, use_det, normalized=units == "normalized", **hp)
+    assert s == ref_s
+    assert out == pytest.approx(ref_out, rel=1e-12, abs=1e-12)
+    assert sum(s) >= 3                                   # the sequence really exercises firing
+
+
+def test_msat_first_steps_literal():
+    # normalized, DTT + DET, defaults (alpha .03, C 5): t0 th = 1, z = 1.2 -> fire, V = .2;
+    # t1: d = 0, DTT = -1 + ln 2, DET = exp(-0.3/5); th = sigmoid(DTT + DET) = 0.6536 > V_pre = .5
+    n = make(1.0, threshold="msat")
+    out, s = run(n, [1.2, 0.3])
+    th1 = 1 / (1 + math.exp(-(-1 + math.log(2) + math.exp(-0.06))))
+    assert s[0] == 1 and out[0] == 1.0
+    assert th1 == pytest.approx(0.6536, abs=1e-4)
+    assert s[1] == (1.0 if 0.5 >= th1 else 0.0) == 0.0
+    assert out[1] == 0.0
+
+
+def test_msat_differs_between_units():
+    z = [2 * v for v in Z]
+    out_n, _ = run(make(2.0, threshold="msat"), z)
+    out_r, _ = run(make(2.0, threshold="msat", units="raw"), z)
+    assert out_n != out_r
+
+
+def test_msat_threshold_no_overflow():
+    hp = conversion_config({"neuron": {"threshold": "msat"}}).neuron
+    for z, v in [(-1e30, 0.0), (1e30, 1e30), (-3e38, -3e38), (0.0, 3e38), (-1e4, -1e4)]:
+        th = msat_threshold(torch.tensor([z]), torch.tensor([v]), torch.tensor([-v]), 3, 1.0, hp)
+        assert torch.isfinite(th).all() and (th > 0).all()
+    n = make(1.0, threshold="msat").float()
+    z = torch.tensor([[-1e6], [1e6], [-1e6], [-1e6], [3.0]])
+    o, s = n.run_chunk(z, 5, 1, keep_spikes=True)
+    assert torch.isfinite(o).all() and torch.isfinite(n.v).all() and torch.isfinite(n.vsum).all()
+
+
+# ----------------------------------------------------------------------------- spike confidence
+
+def sc_neuron(p: float, reset: str, E: int = 3) -> SpikingNeuron:
+    n = make(1.0)
+    n.sc_layer, n.sc_E, n.sc_filtered, n.sc_p = True, E, reset == "filtered", p
+    return n
+
+
+def test_sc_p1_is_identity():
+    for reset in ("emitted", "filtered"):
+        n = sc_neuron(1.0, reset)
+        n.sc_generator = torch.Generator().manual_seed(0)
+        assert run(n, [0.75] * 6) == run(make(1.0), [0.75] * 6)
+
+
+def test_sc_p0_emitted_drops_charge():
+    # every spike before E = 3 is dropped but still resets: V as without SC, output 0 for t < 3
+    n = sc_neuron(0.0, "emitted")
+    n.sc_generator = torch.Generator().manual_seed(0)
+    out, s = run(n, [0.75] * 6)
+    assert s == [0, 0, 0, 1, 0, 1]
+    assert n.v.item() == 0.5
+
+
+def test_sc_p0_filtered_keeps_charge():
+    # filtered: dropped spikes do not reset: V_pre .75, 1.5, 2.25 (no reset) | 3.0 -> fire, 2 |
+    # 2.75 -> fire, 1.75 | 2.5 -> fire, 1.5
+    n = sc_neuron(0.0, "filtered")
+    n.sc_generator = torch.Generator().manual_seed(0)
+    out, s = run(n, [0.75] * 6)
+    assert s == [0, 0, 0, 1, 1, 1]
+    assert n.v.item() == 1.5
+
+
+@pytest.mark.parametrize("reset", ["emitted", "filtered"])
+def test_sc_with_generator_by_hand(reset):
+    p, E, z = 0.5, 6, [0.75, 0.75, 0.75, 0.9, 0.75, 0.8, 0.75, 0.75]
+    draws = torch.rand(E, generator=torch.Generator().manual_seed(7), dtype=torch.float64).tolist()
+    n = sc_neuron(p, reset, E)
+    n.sc_generator = torch.Generator().manual_seed(7)
+    _, s = run(n, z, chunk=3)
+    v, ref = 0.0, []
+    for t, zt in enumerate(z):
+        v += zt
+        fired = 1.0 if v >= 1.0 else 0.0
+        kept = fired * (1.0 if t >= E or draws[t] < p else 0.0)
+        v -= kept if reset == "filtered" else fired
+        ref.append(kept)
+    assert s == ref
+
+
+def test_sc_emitted_differs_from_filtered():
+    # filtered keeps the charge of dropped spikes, so it fires more once SC stops (t >= E)
+    z = [0.75] * 10
+    outs = []
+    for reset in ("emitted", "filtered"):
+        n = sc_neuron(0.5, reset, 5)
+        n.sc_generator = torch.Generator().manual_seed(0)
+        outs.append(run(n, z)[1])
+    assert outs[0][:5] == outs[1][:5]            # the same draws drop the same early spikes here
+    assert sum(outs[1][5:]) > sum(outs[0][5:])
+
+
+# ----------------------------------------------------------------------------- parity, state
+
+@pytest.mark.parametrize("threshold", ["fixed", "msat"])
+@pytest.mark.parametrize("units", ["normalized", "raw"])
+@pytest.mark.parametrize("reset,gamma", [("soft", 1), ("hard", 1), ("soft", 3)])
+def test_module_matches_pure_functions(threshold, units, reset, gamma):
+    g = torch.Generator().manual_seed(0)
+    T, B, C = 7, 3, 4
+    theta = torch.rand(C, 1, generator=g, dtype=torch.float64) * 3 + 0.5       # per channel (C, 1)
+    z = torch.randn(T, B, C, 2, generator=g, dtype=torch.float64) * 2
+    cfg = conversion_config({"neuron": {"threshold": threshold, "units": units, "reset": reset,
+                                        "gamma": gamma, "alpha": 0.3}}).neuron
+    n = SpikingNeuron(cfg, "p").double()
+    n.set_theta(theta)
+    o1, _ = n.run_chunk(z[:4].reshape(4 * B, C, 2), 4, B, keep_spikes=True)
+    o2, _ = n.run_chunk(z[4:].reshape(3 * B, C, 2), 3, B, keep_spikes=True)
+    got = torch.cat([o1, o2]).view(T, B, C, 2)
+    th_in = torch.ones_like(theta) if units == "normalized" else theta
+    v, vsum = torch.zeros(B, C, 2, dtype=torch.float64), torch.zeros(B, C, 2, dtype=torch.float64)
+    for t in range(T):
+        zt = z[t] / theta if units == "normalized" else z[t]
+        if threshold == "fixed":
+            th = th_in
+            s, v = fixed_step(zt, v, th, gamma, reset == "hard")
+        else:
+            s, th, v, vsum = msat_step(zt, v, vsum, t, th_in, cfg, gamma, reset == "hard")
+        want = s * th * (theta if units == "normalized" else 1)
+        torch.testing.assert_close(got[t], want, rtol=1e-12, atol=1e-12)
+
+
+def test_pure_functions_do_not_mutate():
+    z, v = torch.tensor([0.7, 1.4]), torch.tensor([0.5, 0.2])
+    z0, v0 = z.clone(), v.clone()
+    fixed_step(z, v, 1.0)
+    msat_step(z, v, v.clone(), 2, 1.0, conversion_config({}).neuron)
+    assert torch.equal(z, z0) and torch.equal(v, v0)
+
+
+def test_reset_net_clears_state():
+    n = make(1.0)
+    run(n, [0.75] * 3)
+    assert n.t == 3 and n.v is not None
+    reset_net(torch.nn.Sequential(n))
+    assert n.t == 0 and n.v is None
+
+
+def test_ann_mode_is_relu():
+    n = make(3.0, threshold="msat")
+    x = torch.randn(5, 4)
+    assert torch.equal(n(x), torch.relu(x))
+
+
+def test_config_errors_list_valid_values():
+    with pytest.raises(ConfigError, match="valid values: fixed, msat"):
+        conversion_config({"neuron": {"threshold": "lif"}})
+    with pytest.raises(ConfigError, match="valid keys:.*threshold"):
+        conversion_config({"neuron": {"tresh": 1}})
+    with pytest.raises(ConfigError, match="percentile"):
+        conversion_config({"calib": {"percentile": 0.0}})
+    with pytest.raises(ConfigError, match="percentile"):
+        conversion_config({"calib": {"percentile": 1.5}})
+    with pytest.raises(ConfigError, match="valid values: lipool, gate, avg"):
+        conversion_config({"pool": "max"})
+    cfg = conversion_config({"pool": {"name": "gate"}, "calib": {"batch_size": 200, "transform": "train"},
+                             "model": {"name": "x"}})
+    assert cfg.pool == "gate" and cfg.calib.batch_size == 200
+    d = conversion_config(None)
+    assert (d.neuron.threshold, d.neuron.k, d.neuron.units, d.neuron.reset, d.sc.E, d.pool) == \
+        ("fixed", 1.0, "normalized", "soft", 16, "lipool")
+    assert (d.neuron.alpha, d.neuron.C, d.neuron.tau_mp, d.neuron.tau_rd) == (0.03, 5.0, 1.0, 1.0)
+
+
+def test_config_accepts_omegaconf():
+    from omegaconf import OmegaConf
+    cfg = conversion_config(OmegaConf.create({"neuron": {"threshold": "msat", "alpha": 0.3},
+                                              "sc": {"enabled": True, "p": [0.9]}}))
+    assert cfg.neuron.threshold == "msat" and cfg.neuron.alpha == 0.3 and cfg.sc.p == [0.9]
