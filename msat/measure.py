@@ -36,13 +36,12 @@ def _all_reduce_sum(tensors: Iterable[torch.Tensor]) -> None:
             dist.all_reduce(t, op=dist.ReduceOp.SUM)
 
 
-def _col_sum(x: torch.Tensor, w: torch.Tensor | None = None) -> torch.Tensor:
-    """``x @ w`` (or ``x.sum(1)``) for x (Tc, N) of small integer values, exact, as int64 (Tc,).
+def _col_sums(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``x @ w.T`` for x (Tc, N) and w (k, N) of small integer values, exactly, as int64 (Tc, k).
 
     float32 partial sums over at most _BLOCK columns stay exact integers (values <= 64)."""
-    parts = (x[:, i:i + _BLOCK].sum(1) if w is None else torch.mv(x[:, i:i + _BLOCK], w[i:i + _BLOCK])
-             for i in range(0, x.shape[1], _BLOCK))
-    return sum(p.to(torch.int64) for p in parts)
+    return sum(torch.mm(x[:, i:i + _BLOCK], w[:, i:i + _BLOCK].t()).to(torch.int64)
+               for i in range(0, x.shape[1], _BLOCK))
 
 
 def _ratio(num: torch.Tensor, den: torch.Tensor) -> list[float]:
@@ -69,8 +68,9 @@ class SpikeStats(Observer):
         self.T: int | None = None
         self.counts: dict[str, torch.Tensor] = {}   # name -> (4, T) int64
         self.totals: dict[str, torch.Tensor] = {}   # name -> (3,) int64: |a<=0|, neurons, samples
-        self._batch: dict[str, dict[str, Any]] = {} # name -> this batch's state (see begin_batch)
+        self._batch: dict[str, dict[str, Any]] = {}  # name -> this batch's state (see begin_batch)
         self._checked: set[str] = set()             # layers whose spikes were checked to be counts
+        self._work: torch.Tensor | None = None      # scratch, the size of the largest layer's chunk
 
     # -- observer protocol ------------------------------------------------------------------
     def on_batch_start(self, snn: Any, x: torch.Tensor, T: int) -> None:
@@ -93,7 +93,8 @@ class SpikeStats(Observer):
             a = preacts[n].detach()                                   # (B, ...)
             negf = (a <= 0).reshape(-1).float()                       # (B*n,) 1 where a_l <= 0
             self._batch[n] = {
-                "shape": tuple(a.shape), "negf": negf,
+                "shape": tuple(a.shape),
+                "w": torch.stack([torch.ones_like(negf), negf]),      # (2, B*n): all, a_l <= 0
                 "fired": torch.zeros_like(negf),                      # (B*n,) 1 where N_l(t) > 0
                 "spikes": torch.zeros(2, dtype=torch.int64, device=a.device),  # all, of a_l <= 0
                 "seen": 0,
@@ -121,22 +122,27 @@ class SpikeStats(Observer):
                 raise ValueError(f"layer {name!r}: spikes must be integer counts in 0..64 per step")
             self._checked.add(name)
         s = spikes.reshape(Tc, -1).float()                            # (Tc, B*n)
-        negf = st["negf"]                                             # (B*n,)
-        fired = s.clamp(max=1.0)                                      # (Tc, B*n): 1 where N_l(t) > 0
+        fired = torch.clamp(s, max=1.0, out=self._workspace(s))       # (Tc, B*n): 1 where N_l(t) > 0
         prev = st["fired"]
         for i in range(Tc):
             prev = torch.maximum(fired[i], prev, out=fired[i])
         st["fired"] = prev.clone()
-        step = torch.stack([_col_sum(s), _col_sum(s, negf)])           # (2, Tc) spikes per step: all, a_l <= 0
-        cum = step.cumsum(1) + st["spikes"].unsqueeze(1)              # (2, Tc) spikes up to t
-        st["spikes"] = cum[:, -1].clone()
-        n_fired = torch.stack([_col_sum(fired), _col_sum(fired, negf)])  # (2, Tc): all, a_l <= 0
+        cum = _col_sums(s, st["w"]).cumsum(0) + st["spikes"]         # (Tc, 2) spikes up to t: all, a_l <= 0
+        st["spikes"] = cum[-1].clone()
+        n_fired = _col_sums(fired, st["w"])                          # (Tc, 2) fired neurons: all, a_l <= 0
         c = self.counts[name][:, t0:t0 + Tc]                          # (4, Tc) view
-        c[_FIRED_NEG] += n_fired[1]
-        c[_FIRED_POS] += n_fired[0] - n_fired[1]
-        c[_SIN_SPIKES] += cum[1]            # SIN spikes = spikes of a_l <= 0 neurons (0 until they fire)
-        c[_SPIKES] += cum[0]
+        c[_FIRED_NEG] += n_fired[:, 1]
+        c[_FIRED_POS] += n_fired[:, 0] - n_fired[:, 1]
+        c[_SIN_SPIKES] += cum[:, 1]         # SIN spikes = spikes of a_l <= 0 neurons (0 until they fire)
+        c[_SPIKES] += cum[:, 0]
         st["seen"] += Tc
+
+    def _workspace(self, like: torch.Tensor) -> torch.Tensor:
+        """A scratch tensor shaped like ``like``, shared by all layers (fresh big tensors are slow)."""
+        w = self._work
+        if w is None or w.numel() < like.numel() or w.dtype != like.dtype or w.device != like.device:
+            w = self._work = torch.empty(like.numel(), dtype=like.dtype, device=like.device)
+        return w[:like.numel()].view(like.shape)
 
     def on_batch_end(self) -> None:
         short = {n: st["seen"] for n, st in self._batch.items() if st["seen"] != self.T}
@@ -369,7 +375,7 @@ def layer_macs(model: nn.Module, example_input: torch.Tensor | Sequence[int]) ->
     batch or a per-sample shape (then one zero sample in the parameters' dtype and device).
     """
     if not isinstance(example_input, torch.Tensor):
-        p = next(model.parameters())
+        p = next(model.parameters(), torch.zeros(()))
         example_input = torch.zeros(1, *example_input, dtype=p.dtype, device=p.device)
     batch = example_input.shape[0]
     names = {m: n for n, m in model.named_modules() if isinstance(m, (*MAC_MODULES, nn.LSTM))}

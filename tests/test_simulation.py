@@ -224,7 +224,7 @@ MODEL_INPUTS = {
     "digits_cnn": lambda: torch.randn(4, 1, 8, 8),
     "vgg16": lambda: torch.randn(2, 3, 32, 32),
     "resnet20": lambda: torch.randn(2, 3, 32, 32),
-    "resnet34": lambda: torch.randn(2, 3, 64, 64),
+    "resnet34": lambda: torch.randn(2, 3, 32, 32),
     "m5": lambda: torch.randn(2, 1, 8000),
     "bilstm": lambda: torch.randint(1, 50, (2, 12)),
 }
