@@ -34,8 +34,8 @@ SMOKE_T = 8
 SMOKE_E = 4                                       # SC steps in smoke runs (E <= T)
 SMOKE_DATASETS = {"cifar10": "synthetic_cifar", "cifar100": "synthetic_cifar", "imagenet": "synthetic_imagenet",
                   "imdb": "synthetic_imdb", "speech_commands": "synthetic_speech", "digits": "digits"}
-SMOKE_SIZES = {"synthetic_cifar": (64, 16), "synthetic_imagenet": (16, 8), "synthetic_imdb": (64, 16),
-               "synthetic_speech": (70, 16), "digits": None}
+SMOKE_SIZES = {"synthetic_cifar": (32, 8), "synthetic_imagenet": (8, 4), "synthetic_imdb": (64, 16),
+               "synthetic_speech": (36, 8), "digits": None}
 PAPER_T = (16, 32, 64, 128, 256)
 DATASET_LABEL = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "imagenet": "ImageNet", "imdb": "IMDB",
                  "speech_commands": "Speech Commands"}
@@ -333,6 +333,31 @@ def agg_fig7(ctx: Context) -> str:
             + rp.markdown_table(["#", "layer", "firing rate"], rows) + f"\n![firing rate]({ctx.figure.name})\n")
 
 
+def agg_demo(ctx: Context) -> str:
+    """Fixed threshold vs MSAT on digits: accuracy vs T and steps to the ANN accuracy minus 0.5 pp."""
+    fixed, msat = ctx.run("demo_fixed"), ctx.run("demo_msat")
+    T = len(msat["acc"])
+    steps = [t for t in (1, 2, 4, 8, 16, 32, 64, 128, 256) if t <= T]
+    rows = [[t, rp.pct(fixed["ann_acc"]), rp.pct(acc_at(fixed, t)), rp.pct(acc_at(msat, t))] for t in steps]
+    sf, sm = fixed["steps_to_lossless"], msat["steps_to_lossless"]
+    if sm is not None and (sf is None or sm < sf):
+        verdict = f"MSAT reaches ANN - 0.5 pp in fewer steps ({sm}) than the fixed threshold ({sf or f'> {T}'})."
+    elif sm is not None and sm == sf:
+        verdict = f"MSAT and the fixed threshold reach ANN - 0.5 pp at the same step ({sm})."
+    else:
+        verdict = (f"MSAT does NOT reach ANN - 0.5 pp in fewer steps: MSAT {sm or f'> {T}'}, "
+                   f"fixed {sf or f'> {T}'}.")
+    rp.plot_curves({"fixed threshold": [100 * a for a in fixed["acc"]], "MSAT": [100 * a for a in msat["acc"]]},
+                   ctx.figure, title="digits_cnn on digits: accuracy vs T", hlines={"ANN": 100 * fixed["ann_acc"]})
+    table = rp.markdown_table(["T", "ANN (%)", "fixed (%)", "MSAT (%)"], rows)
+    print(table, flush=True)
+    print(verdict, flush=True)
+    return (f"digits_cnn on scikit-learn digits ({fixed['timing']['images']} test images), same checkpoint and "
+            f"calibration; MSAT in normalized units.\n\n" + table
+            + f"\nSteps to the ANN accuracy minus 0.5 pp: fixed {sf or f'> {T}'}, MSAT {sm or f'> {T}'}. "
+            f"{verdict}\n\n![accuracy vs T]({ctx.figure.name})\n")
+
+
 @dataclass(frozen=True)
 class Target:
     title: str
@@ -340,6 +365,7 @@ class Target:
     aggregate: Callable[[Context], str]
     sweep: tuple[str, ...] = ()              # extra multirun overrides, e.g. "sc=off,on,filtered"
     runtime: str = ""                        # expected runtime on one GPU (README)
+    train: tuple[str, ...] = ()              # train_ann.py overrides for missing checkpoints
 
 
 def _cells(prefix: str, suffixes: Sequence[str] = ("",)) -> tuple[str, ...]:
@@ -348,6 +374,8 @@ def _cells(prefix: str, suffixes: Sequence[str] = ("",)) -> tuple[str, ...]:
 
 
 TARGETS: dict[str, Target] = {
+    "demo": Target("Demo: fixed threshold vs MSAT on digits", ("demo_fixed", "demo_msat"), agg_demo,
+                   runtime="< 3 min on 2 CPU cores", train=("train.epochs=30",)),
     "table3": Target("Table 3: MSAT on CIFAR-10/100", _cells("table3", ("", "_normalized")), agg_table3,
                      runtime="~1.5 h (+ training 4 x ~3 h)"),
     "table4": Target("Table 4: fixed threshold vs MSAT at T = 16..256 (VGG16 CIFAR-10)",
@@ -435,7 +463,7 @@ def reproduce(target: str, smoke: bool = False, results_dir: str | Path | None =
     ckpt, work, results = ckpt.resolve(), work.resolve(), results.resolve()
     cells = {e: experiment_cell(e) for e in spec.experiments}
     pairs = sorted({(SMOKE_DATASETS[d] if smoke else d, m) for d, m in cells.values()})
-    train_missing(pairs, ckpt, work, smoke)
+    train_missing(pairs, ckpt, work, smoke, () if smoke else spec.train)
 
     runs_dir = work / "runs"
     cmd = [_python(), "convert_eval.py", "-m", *spec.sweep, f"paths.ckpt_dir={ckpt}",
@@ -483,7 +511,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--ckpt-dir", help="checkpoint directory (default $CKPT_DIR, else checkpoints/)")
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for every conversion, e.g. sim.batch_size=256")
     args = ap.parse_args(argv)
-    targets = list(TARGETS) if args.target == "all" else [args.target]
+    targets = [t for t in TARGETS if t != "demo"] if args.target == "all" else [args.target]
     try:
         for t in targets:
             reproduce(t, smoke=args.smoke, results_dir=args.results_dir, work_dir=args.work_dir,

@@ -55,8 +55,10 @@ class CalibConfig:
     per_channel: bool = _f(False, "one theta per channel (dim 1) instead of per layer")
     batches: int = _f(1, "number of calibration batches used (>= 1)")
     batch_size: int = _f(512, "calibration batch size (used by whoever builds the calibration loader)")
-    transform: str = _f("test", "calibration images use the test or the train transform (loader side)",
-                        ("test", "train"))
+    transform: str = _f("test", "transform of the training images used for calibration (loader side)",
+                        ("test", "train", "crop_flip"))
+    shuffle: bool = _f(False, "false: the first images of the split; true: the seeded loader's order "
+                       "(loader side)")
 
 
 @dataclass

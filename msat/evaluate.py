@@ -161,8 +161,12 @@ def _data_cfg(cfg: Mapping) -> Any:
 
 # ----------------------------------------------------------------------------- the run
 
-def run(cfg: DictConfig) -> dict:
-    """Convert, simulate and measure; write the run directory; return the metrics dict."""
+def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict:
+    """Convert, simulate and measure; write the run directory; return the metrics dict.
+
+    ``run_dir``: default the Hydra job directory, outside Hydra
+    ``${paths.output_dir}/convert_eval/<name>/<timestamp>``.
+    """
     import msat
     from . import reporting
     from .data import build_data
@@ -174,7 +178,10 @@ def run(cfg: DictConfig) -> dict:
     steps = report_steps(T, cfg.get("report_T"))
     seed = int(cfg.get("seed", 0))
     resolved = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
-    run_dir = hydra_run_dir() or Path(str(cfg["paths"]["output_dir"]))
+    if run_dir is None:
+        stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+        run_dir = hydra_run_dir() or Path(str(cfg["paths"]["output_dir"])) / "convert_eval" / str(cfg.get("name")) / stamp
+    run_dir = Path(run_dir)
     if cfg.get("skip_done") and (run_dir / "metrics.json").is_file():
         import json
 

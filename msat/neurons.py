@@ -124,6 +124,7 @@ class SpikingNeuron(MemoryModule):
         self.sc_filtered = False
         self.sc_generator: Optional[torch.Generator] = None
         self.recorder = None                            # callable(neuron, x) in ANN mode
+        self._u = None                                  # cached (theta inside, input, output factors)
         self.reset_state()
 
     def extra_repr(self) -> str:
@@ -145,52 +146,68 @@ class SpikingNeuron(MemoryModule):
 
     def set_theta(self, theta: Tensor) -> None:
         self.theta = theta.detach().to(self.theta.device, self.theta.dtype).clone()
+        self._u = None
 
     def _units(self) -> tuple[Scalar, Optional[Scalar], Optional[Scalar]]:
-        """(theta inside the neuron, input factor or None, output factor or None)."""
+        """(theta inside the neuron, input factor or None, output factor or None).
+
+        A fixed threshold k*theta is scale-free, so both units give the same dynamics; it runs in
+        raw units (no input scaling).
+        """
         th = self.theta
         alive = th > 0
+        normalized = self.cfg.units == "normalized" and self.cfg.threshold == "msat"
         if th.dim() == 0:
             val = float(th)
-            if self.cfg.units == "normalized":
+            if normalized:
                 return 1.0, (1.0 / val if val > 0 else 0.0), val
-            return (val, None, None) if val > 0 else (1.0, None, 0.0)
-        if self.cfg.units == "normalized":
+            return (val, None, None) if val > 0 else (1.0, 0.0, 0.0)       # a dead layer sees no input
+        if normalized:
             return 1.0, torch.where(alive, 1.0 / torch.where(alive, th, torch.ones_like(th)), torch.zeros_like(th)), th
         inner = torch.where(alive, th, torch.ones_like(th))
-        return inner, None, (None if bool(alive.all()) else alive.to(th.dtype))
+        if bool(alive.all()):
+            return inner, None, None
+        mask = alive.to(th.dtype)
+        return inner, mask, mask
 
     # --- SNN mode
     def run_chunk(self, z: Tensor, steps: int, batch: int, static: bool = False,
-                  keep_spikes: bool = False) -> tuple[Tensor, Tensor]:
+                  keep_spikes: bool = False, consume: bool = False) -> tuple[Tensor, Tensor]:
         """Advance ``steps`` time steps.
 
         z: (steps*B, ...) time-folded input current, or (B, ...) when ``static`` (the same current
         every step). Returns ``(out, spikes)``: out (steps*B, ...) the layer output o = s_out*th
         (in activation units), spikes (steps, B, ...) the spike counts s_out. With
-        ``keep_spikes=False`` the two may share memory (spikes is then not valid).
+        ``keep_spikes=False`` the two may share memory (spikes is then not valid). With
+        ``consume=True`` the caller no longer needs ``z`` and its memory is reused.
         """
         cfg = self.cfg
         feat = z.shape[1:]
-        theta_in, in_scale, out_scale = self._units()
+        if self.t == 0 or self._u is None:
+            self._u = self._units()
+        theta_in, in_scale, out_scale = self._u
+        consume = consume and not static
         zs = z.view(1 if static else steps, batch, *feat)                 # (Tc or 1, B, ...)
         if in_scale is not None:
-            zs = zs * in_scale
+            zs = zs.mul_(in_scale) if consume else zs * in_scale
+            consume = not static                                           # zs is our own copy now
         if self.v is None:
             self.v = torch.zeros((batch, *feat), dtype=z.dtype, device=z.device)
             if cfg.v_init != 0:
                 self.v.add_(cfg.v_init * theta_in)
             if cfg.threshold == "msat":
                 self.vsum = torch.zeros_like(self.v)
-        spikes = z.new_empty((steps, batch, *feat))                        # (Tc, B, ...)
+        # spikes overwrite the input of step i once it has been integrated: (Tc, B, ...)
+        spikes = zs if consume else z.new_empty((steps, batch, *feat))
         if cfg.threshold == "fixed":
             th_const = cfg.k * theta_in
             self._loop(zs, spikes, static, lambda i, t: th_const, None)
             scale = th_const if out_scale is None else th_const * out_scale
             out = spikes.mul_(scale) if not keep_spikes else spikes * scale
         else:
-            out = torch.empty_like(spikes)
-            thresh = self._msat_thresholds(zs, theta_in)
+            thresh, det = self._msat_thresholds(zs, theta_in)
+            # o(t) overwrites DET(t) once th(t) is known
+            out = det if det is not None and det.shape[0] == steps else torch.empty_like(spikes)
             self._loop(zs, spikes, static, thresh, out)
             if out_scale is not None:
                 out.mul_(out_scale)
@@ -198,12 +215,16 @@ class SpikingNeuron(MemoryModule):
         return out.view(steps * batch, *feat), spikes
 
     def _msat_thresholds(self, zs: Tensor, theta_in: Scalar):
-        """A function (i, t) -> th(t) for the chunk, reading the current state (V(t-1), sums)."""
+        """(function (i, t) -> th(t) reading the current state V(t-1) and sum V(0..t-1),
+        the chunk's DET buffer or None)."""
         cfg = self.cfg
         v_t = -theta_in
+        det = None
         if cfg.use_det:
             # DET (+ the constant part of DTT) for all steps of the chunk at once: (Tc or 1, B, ...)
-            det = zs.mul(-1.0 / cfg.C).clamp_max_(_exp_cap(zs.dtype)).exp_().mul_(cfg.tau_rd)
+            det = zs.mul(-1.0 / cfg.C).clamp_max_(_exp_cap(zs.dtype)).exp_()
+            if cfg.tau_rd != 1.0:
+                det.mul_(cfg.tau_rd)
             if cfg.use_dtt:
                 det.add_(cfg.tau_mp * v_t)
         c_sp = cfg.tau_mp * cfg.k_a / cfg.k_i
@@ -216,10 +237,13 @@ class SpikingNeuron(MemoryModule):
         def thresh(i: int, t: int) -> Scalar:
             if t == 0:
                 return theta_in
-            det_i = None if not cfg.use_det else det[0 if det.shape[0] == 1 else i]
+            det_i = None if det is None else det[0 if det.shape[0] == 1 else i]
             if cfg.use_dtt:
                 torch.add(self.v, self.vsum, alpha=-1.0 / t, out=d)       # d = V(t-1) - Vbar(t-1)
-                x = F.softplus(d, beta=beta).mul_(c_sp).add_(d, alpha=c_d)
+                x = F.softplus(d, beta=beta)
+                if c_sp != 1.0:
+                    x.mul_(c_sp)
+                x.add_(d, alpha=c_d)
                 x.add_(det_i) if det_i is not None else x.add_(cfg.tau_mp * v_t)
                 x.sigmoid_()
             elif det_i is not None:
@@ -230,7 +254,7 @@ class SpikingNeuron(MemoryModule):
                 x.mul_(theta_in)
             return x.clamp_min_(tiny)
 
-        return thresh
+        return thresh, det
 
     def _loop(self, zs: Tensor, spikes: Tensor, static: bool, thresh, out: Optional[Tensor]) -> None:
         """The time loop: V_pre = V + z, fire, spike confidence, reset (and o = s_out * th)."""
@@ -248,23 +272,27 @@ class SpikingNeuron(MemoryModule):
                 torch.ge(v, th, out=s)                         # exact form of clamp(floor(v/th), 0, 1)
             else:
                 torch.div(v, th, out=s).floor_().clamp_(0, gamma)
-            keep = None
+            drop = None
             if sc and t < self.sc_E:
                 torch.rand(u.shape, generator=self.sc_generator, dtype=u.dtype, device=u.device, out=u)
                 keep = u.lt_(self.sc_p)                        # c ~ Bernoulli(p), as 0/1 values
                 if self.sc_filtered:
-                    s.mul_(keep)
-                    keep = None
-            # s_reset = s (before dropping) or s_out (filtered, already dropped)
+                    s.mul_(keep)                               # s_reset = s_out
+                else:
+                    drop = keep                                # s_reset = s, dropped after the reset
+            o = None
             if hard:
                 v.masked_fill_(s > 0, 0.0)
+            elif out is not None and drop is None:
+                o = torch.mul(s, th, out=out[i])               # o = s * th is also the reset amount
+                v.sub_(o)
             elif isinstance(th, float):
                 v.sub_(s, alpha=th)
             else:
                 v.addcmul_(s, th, value=-1.0)
-            if keep is not None:
-                s.mul_(keep)                                   # s_out = c * s (emitted)
-            if out is not None:
+            if drop is not None:
+                s.mul_(drop)                                   # s_out = c * s
+            if out is not None and o is None:
                 torch.mul(s, th, out=out[i])
             if vsum is not None:
                 vsum.add_(v)

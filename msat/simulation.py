@@ -210,6 +210,16 @@ def simulate(snn: SpikingNetwork, x: Tensor, T: int, chunk: int = 32,
     return out
 
 
+def _aliased(z: Tensor, src: fx.Node, env: dict, static: dict) -> bool:
+    """Whether another live value shares memory with ``z`` (then ``z`` must not be overwritten)."""
+    ptr = z.untyped_storage().data_ptr()
+    for values in (env, static):
+        for n, v in values.items():
+            if n is not src and isinstance(v, Tensor) and v.untyped_storage().data_ptr() == ptr:
+                return True
+    return False
+
+
 def _run_chunk(snn: SpikingNetwork, plan: _Plan, gm: fx.GraphModule, static: dict, Tc: int, B: int, t0: int,
                keep_spikes: bool, observers: Sequence[Observer]) -> Tensor:
     """One chunk of Tc steps through the dynamic part; returns the folded output (Tc*B, ...)."""
@@ -234,7 +244,9 @@ def _run_chunk(snn: SpikingNetwork, plan: _Plan, gm: fx.GraphModule, static: dic
             src = node.args[0]
             is_static = src not in env
             z = static[src] if is_static else env[src]
-            res, spikes = step.fn.run_chunk(z, Tc, B, static=is_static, keep_spikes=keep_spikes)
+            consume = src in step.free and not is_static and not _aliased(z, src, env, static)
+            res, spikes = step.fn.run_chunk(z, Tc, B, static=is_static, keep_spikes=keep_spikes,
+                                            consume=consume)
             for o in observers:
                 o.on_spikes(step.fn.name, spikes, t0)
         elif step.kind == "pool":

@@ -261,6 +261,14 @@ def _train_loader(ds: Dataset, t: TrainConfig, seed: int, env: DistEnv,
     return loader, dsampler, gens
 
 
+def _broadcast_buffers(model: nn.Module, env: DistEnv) -> None:
+    # BN running statistics from rank 0 everywhere: every rank evaluates the checkpointed model
+    # (evaluation runs on the bare model, since shards may differ by one batch between ranks)
+    if env.enabled:
+        for b in model.buffers():
+            dist.broadcast(b, src=0)
+
+
 def _gather(obj: Any, env: DistEnv) -> list:
     if not env.enabled:
         return [obj]
@@ -288,7 +296,7 @@ def train(cfg: DictConfig | Mapping, run_dir: str | os.PathLike | None = None) -
         else:
             log.warning("train.resume=true but %s does not exist: starting from scratch", last_path)
 
-    env, device = setup_distributed(cfg.device)
+    env, device = setup_distributed(cfg.get("device", "auto"))
     try:
         return _train(cfg, t, env, device, ckpt_path, last_path, resume, run_dir)
     finally:
@@ -298,11 +306,13 @@ def train(cfg: DictConfig | Mapping, run_dir: str | os.PathLike | None = None) -
 
 def _train(cfg: DictConfig, t: TrainConfig, env: DistEnv, device: torch.device, ckpt_path: Path,
            last_path: Path, resume: dict | None, run_dir: str | os.PathLike | None) -> dict:
-    seed = int(cfg.seed)
+    seed = int(cfg.get("seed", 0))
     seed_everything(seed, deterministic=t.deterministic)
+    if device.type == "cuda" and not t.deterministic:
+        torch.backends.cudnn.benchmark = True
     bundle = build_data(cfg.dataset, artifacts=resume["artifacts"] if resume else None)
-    model_kwargs = {**bundle.model_kwargs, **OmegaConf.to_container(cfg.model.get("kwargs") or
-                                                                     OmegaConf.create({}), resolve=True)}
+    kwargs = cfg.model.get("kwargs")
+    model_kwargs = {**bundle.model_kwargs, **(OmegaConf.to_container(kwargs, resolve=True) if kwargs else {})}
     model = create_model(cfg.model.name, num_classes=bundle.num_classes, **model_kwargs).to(device)
     cuda = device.type == "cuda"
     amp, channels_last = t.amp and cuda, t.channels_last and cuda and len(bundle.input_shape) == 3
@@ -349,7 +359,7 @@ def _train(cfg: DictConfig, t: TrainConfig, env: DistEnv, device: torch.device, 
                  cfg.model.name, cfg.dataset.name, len(bundle.train), len(bundle.test), device,
                  t.epochs, run_dir)
     last_acc, done = None, 0
-    with RunLogger(cfg.logger, run_dir, config, enabled=env.is_main) as rlog:
+    with RunLogger(cfg.get("logger"), run_dir, config, enabled=env.is_main) as rlog:
         for epoch in range(start_epoch, t.epochs):
             if t.stop_after_epochs is not None and done >= t.stop_after_epochs:
                 log.info("stopping after %d epochs (train.stop_after_epochs); resume with train.resume=true",
@@ -364,7 +374,8 @@ def _train(cfg: DictConfig, t: TrainConfig, env: DistEnv, device: torch.device, 
                                    desc=f"epoch {epoch + 1}/{t.epochs}")
             loss_sum, correct, count = _all_reduce_sums(list(sums), env, device)
             scheduler.step()
-            test_loss, test_acc = evaluate(net, test_loader, device, amp, channels_last,
+            _broadcast_buffers(model, env)
+            test_loss, test_acc = evaluate(model, test_loader, device, amp, channels_last,
                                            t.max_eval_batches, env)
             last_acc, done = test_acc, done + 1
             is_best = test_acc > best_acc

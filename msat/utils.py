@@ -54,7 +54,8 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
         if not torch.cuda.is_available():
             raise UserError(f"device {name!r} requested but CUDA is not available; use device=auto or cpu")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise UserError(f"device {name!r} requested but only {torch.cuda.device_count()} CUDA devices exist")
+            raise UserError(f"device {name!r} requested but only {torch.cuda.device_count()} "
+                            "CUDA devices exist")
     return dev
 
 
@@ -168,12 +169,12 @@ def versions() -> dict:
 
     try:
         import torchvision
-        tv = torchvision.__version__
+        tv = str(torchvision.__version__)
     except ImportError:
         tv = None
     return {
         "python": platform.python_version(),
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),
         "torchvision": tv,
         "cuda": torch.version.cuda,
         "msat": __version__,

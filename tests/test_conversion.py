@@ -140,6 +140,14 @@ def test_ann_preactivations_are_relu_inputs():
     assert (pre["features.2"] < 0).any()
 
 
+class SpikeCounter(msat.Observer):
+    def __init__(self):
+        self.total = 0.0
+
+    def on_spikes(self, name, spikes, t0):
+        self.total += spikes.sum().item()
+
+
 def test_dead_layer_theta_zero_never_fires():
     m = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2))
     with torch.no_grad():
@@ -149,9 +157,12 @@ def test_dead_layer_theta_zero_never_fires():
         for thr in ("fixed", "msat"):
             snn = msat.convert(m, x, {"neuron": {"units": units, "threshold": thr}})
             assert snn.scales["1"].item() == 0.0
-            out = msat.simulate(snn, x, 6)
-            assert torch.isfinite(out).all()
-            torch.testing.assert_close(out, m(x).detach().expand(6, 8, 2))   # only the bias reaches the output
+            rec = SpikeCounter()
+            big = torch.randn(8, 4) * 1000                   # drives some inputs of the dead layer > 0
+            assert (m[0](big) > 0).any()
+            out = msat.simulate(snn, big, 6, observers=[rec])
+            assert torch.isfinite(out).all() and rec.total == 0
+            torch.testing.assert_close(out, m[2].bias.detach().expand(6, 8, 2))   # only the bias arrives
 
 
 class GeluNet(nn.Module):

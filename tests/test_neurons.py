@@ -290,3 +290,16 @@ def test_config_accepts_omegaconf():
     cfg = conversion_config(OmegaConf.create({"neuron": {"threshold": "msat", "alpha": 0.3},
                                               "sc": {"enabled": True, "p": [0.9]}}))
     assert cfg.neuron.threshold == "msat" and cfg.neuron.alpha == 0.3 and cfg.sc.p == [0.9]
+
+
+def test_every_hydra_option_is_a_valid_conversion_config():
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base=None):
+        for group in ("neuron", "sc", "calib", "pool"):
+            for f in sorted((conf / group).glob("*.yaml")):
+                cfg = conversion_config(compose("convert_eval", overrides=[f"{group}={f.stem}"]))
+                if group == "pool":
+                    assert cfg.pool == f.stem

@@ -243,3 +243,29 @@ def test_every_model_converts_and_simulates(name):
         out = msat.simulate(snn, x, 4, chunk=2)
         assert out.shape == (4, x.shape[0], 10) and torch.isfinite(out).all()
         torch.testing.assert_close(snn.ann_forward(x), m(x), rtol=1e-4, atol=1e-4 * m(x).abs().max().item())
+
+
+class SharedInput(nn.Module):
+    """The neuron's input is a view of a tensor that is still needed afterwards."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(6, 8)
+        self.fc2 = nn.Linear(8, 8)
+        self.fc3 = nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.fc1(x))
+        a = self.fc2(h)
+        b = torch.relu(a.view(a.size(0), -1))
+        return self.fc3(b + a)
+
+
+def test_neuron_input_aliasing_a_live_tensor_is_not_overwritten():
+    torch.manual_seed(0)
+    m = SharedInput().eval()
+    x = torch.randn(8, 6)
+    snn = msat.convert(m, x, {"neuron": {"threshold": "msat"}})
+    out = msat.simulate(snn, x, 200, chunk=50)
+    ref = m(x)
+    assert (out.mean(0) - ref).abs().max() < 0.05 * ref.abs().max()

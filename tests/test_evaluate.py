@@ -1,0 +1,184 @@
+"""convert_eval end to end on the bundled digits: metrics schema, files, W&B offline, exact
+sample-weighted accuracy, determinism, bad input before compute, torchrun = single process."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+import msat
+from msat import evaluate
+from msat.utils import UserError
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = str(REPO / "conf")
+
+
+def make_cfg(tmp: Path, ckpt_dir: Path, *overrides: str):
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        return compose("convert_eval", overrides=[f"paths.ckpt_dir={ckpt_dir}", f"paths.output_dir={tmp}",
+                                                  "sim.progress=false", "logger=none", *overrides])
+
+
+@pytest.fixture(scope="module")
+def ckpt_dir(tmp_path_factory) -> Path:
+    """A digits_cnn checkpoint from 3 short epochs (train_ann.py's code path)."""
+    from msat.training import train
+
+    d = tmp_path_factory.mktemp("ckpt")
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose("train_ann", overrides=[f"paths.ckpt_dir={d}", f"paths.output_dir={d}", "logger=none",
+                                              "train.epochs=3", "train.batch_size=64", "train.progress=false"])
+    train(cfg, run_dir=d / "train")
+    assert (d / "digits_digits_cnn.pt").is_file()
+    return d
+
+
+@pytest.fixture(scope="module")
+def digits_run(ckpt_dir, tmp_path_factory):
+    """One conversion of digits at T=16 with W&B offline; batch 100 leaves a last batch of 50 of 450."""
+    tmp = tmp_path_factory.mktemp("run")
+    cfg = make_cfg(tmp, ckpt_dir, "T=16", "neuron=msat", "sim.batch_size=100", "sim.chunk=5", "logger=wandb",
+                   "logger.mode=offline")
+    metrics = evaluate.run(cfg, run_dir=tmp / "run")
+    return metrics, tmp / "run"
+
+
+def test_metrics_schema_and_files(digits_run):
+    m, run_dir = digits_run
+    on_disk = json.loads((run_dir / "metrics.json").read_text())
+    assert on_disk["acc"] == m["acc"] and on_disk["ann_acc"] == m["ann_acc"]
+    for key in ("ann_acc", "acc", "steps_to_lossless", "layers", "sin_curve", "energy", "config", "timing",
+                "versions"):
+        assert key in on_disk, key
+    assert len(m["acc"]) == 16 and all(0.0 <= a <= 1.0 for a in m["acc"])
+    layers = m["layers"]
+    assert [L["name"] for L in layers] == list(m["sin_curve"]) and len(layers) >= 2
+    for L in layers:
+        assert set(L) == {"name", "scale", "firing_rate", "sin_ratio", "q", "ans", "p"}
+        assert L["scale"] > 0 and 0.0 <= L["sin_ratio"] <= 1.0 and 0.0 <= L["q"] <= 1.0
+        assert len(m["sin_curve"][L["name"]]) == 16
+    e = m["energy"]
+    assert set(e["op_ann"]) == set(e["op_snn"]) and e["ratio"] > 0 and 0 < e["mean_firing_rate"] < 1
+    assert m["timing"]["images"] == 450 and m["timing"]["steps"] == 16 and m["timing"]["image_steps_per_s"] > 0
+    assert m["config"]["T"] == 16 and m["config"]["neuron"]["threshold"] == "msat"
+    assert m["versions"]["torch"] == str(torch.__version__)
+    curve = (run_dir / "acc_curve.csv").read_text().splitlines()
+    assert curve[0] == "t,acc" and len(curve) == 17 and float(curve[16].split(",")[1]) == m["acc"][15]
+    rows = (run_dir / "layers.csv").read_text().splitlines()
+    assert rows[0].split(",") == ["name", "scale", "firing_rate", "sin_ratio", "q", "ans", "p"]
+    assert len(rows) == len(layers) + 1
+    for png in ("acc_vs_T.png", "sin_ratio.png", "firing_rate.png"):
+        data = (run_dir / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 2000, png
+
+
+def test_wandb_offline_run_directory(digits_run):
+    _, run_dir = digits_run
+    runs = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and any(runs[0].rglob("*.wandb"))
+
+
+def test_accuracy_is_sample_weighted(digits_run, ckpt_dir):
+    """acc[t] = correct/450 over all samples; the mean of per-batch accuracies (100,100,100,100,50) differs."""
+    m, _ = digits_run
+    counts = m["counts"]
+    assert counts["total"] == 450
+    assert m["acc"] == [c / 450 for c in counts["correct"]]
+    cfg = make_cfg(Path("/nonexistent"), ckpt_dir, "T=16", "neuron=msat")
+    from msat.checkpoint import default_ckpt_path, load_checkpoint
+    from msat.data import build_data
+
+    bundle = build_data(evaluate._data_cfg(cfg))
+    model = evaluate.load_ann(cfg, bundle, load_checkpoint(default_ckpt_path(cfg)), torch.device("cpu"))
+    snn = msat.convert(model, evaluate.calibration_batch(cfg, bundle, 0), evaluate.conversion_cfg(cfg))
+    loader, _ = evaluate.shard_loader(bundle.test, 100, 0, 1)
+    per_batch, correct = [], torch.zeros(16, dtype=torch.int64)
+    for x, y in loader:
+        hit = (msat.simulate(snn, x, 16).cumsum(0).argmax(-1) == y).sum(1)    # (T,)
+        per_batch.append(hit.double() / y.shape[0])
+        correct += hit
+    assert correct.tolist() == counts["correct"]
+    batch_mean = torch.stack(per_batch).mean(0)
+    assert any(abs(float(b) - a) > 1e-6 for b, a in zip(batch_mean, m["acc"]))
+
+
+def test_steps_to_lossless_definition(digits_run):
+    m, _ = digits_run
+    stl = m["steps_to_lossless"]
+    hits = [t for t, a in enumerate(m["acc"], start=1) if a >= m["ann_acc"]]
+    assert stl == (hits[0] if hits else None)
+    assert evaluate.steps_to_lossless([1, 5, 9, 10], 10, 10) == 4
+    assert evaluate.steps_to_lossless([1, 5, 9, 9], 10, 10) is None
+    assert evaluate.steps_to_lossless([1, 5, 9, 9], 10, 10, tol=0.1) == 3
+
+
+def test_same_seed_same_numbers_with_sc(ckpt_dir, tmp_path):
+    """SC draws come from the run's seeded generator: two runs agree exactly; p is derived per layer."""
+    a = evaluate.run(make_cfg(tmp_path, ckpt_dir, "T=8", "sc=on", "sc.E=4"), run_dir=tmp_path / "a")
+    b = evaluate.run(make_cfg(tmp_path, ckpt_dir, "T=8", "sc=on", "sc.E=4"), run_dir=tmp_path / "b")
+    assert a["acc"] == b["acc"] and a["layers"] == b["layers"]
+    ps = [L["p"] for L in a["layers"]]
+    assert ps[:-1] == [None] * (len(ps) - 1) and 0.0 <= ps[-1] <= 1.0
+    assert a["stats_t"] == 4
+
+
+def test_report_steps():
+    assert evaluate.report_steps(256) == [1, 4, 8, 16, 32, 64, 128, 256]
+    assert evaluate.report_steps(20) == [1, 4, 8, 16, 20]
+    assert evaluate.report_steps(64, [64, 1, 7]) == [1, 7, 64]
+    with pytest.raises(UserError, match="cannot exceed"):
+        evaluate.report_steps(32, [16, 64])
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (("T=0",), "T must be a positive integer"),
+    (("T=16", "report_T=[8,32]"), "cannot exceed"),
+    (("T=8", "sc=on"), "sc.E=16, beyond T=8"),
+    (("dataset.name=mnist",), "valid datasets: .*digits"),
+    (("model.name=alexnet",), "valid models: .*digits_cnn"),
+    (("neuron.threshold=adaptive",), "valid values: fixed, msat"),
+])
+def test_bad_input_fails_before_compute(ckpt_dir, tmp_path, monkeypatch, overrides, message):
+    monkeypatch.setattr(msat, "simulate", lambda *a, **k: pytest.fail("simulated despite bad input"))
+    with pytest.raises(UserError, match=message):
+        evaluate.run(make_cfg(tmp_path, ckpt_dir, *overrides), run_dir=tmp_path / "r")
+
+
+def test_missing_and_mismatched_checkpoint(ckpt_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(msat, "simulate", lambda *a, **k: pytest.fail("simulated despite bad input"))
+    with pytest.raises(UserError, match=r"create it with: python train_ann.py dataset=digits model=digits_cnn"):
+        evaluate.run(make_cfg(tmp_path, tmp_path / "empty"), run_dir=tmp_path / "r")
+    with pytest.raises(UserError, match="does not fit"):
+        evaluate.run(make_cfg(tmp_path, ckpt_dir, "model.kwargs.width=16"), run_dir=tmp_path / "r")
+
+
+def test_objective_for_sweeps(ckpt_dir, tmp_path):
+    m = evaluate.run(make_cfg(tmp_path, ckpt_dir, "T=8", "objective_T=4", "neuron=fixed"), run_dir=tmp_path / "r")
+    assert m["objective"] == m["acc"][3]
+
+
+def test_cli_error_and_torchrun_equals_single_process(ckpt_dir, tmp_path, digits_run):
+    """torchrun with 2 gloo ranks: each simulates every other batch; metrics equal the 1-process run."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
+    bad = subprocess.run([sys.executable, "convert_eval.py", "T=-3", f"paths.ckpt_dir={ckpt_dir}",
+                          f"hydra.run.dir={tmp_path / 'bad'}"], cwd=REPO, env=env, capture_output=True, text=True)
+    assert bad.returncode == 2 and "T must be a positive integer" in bad.stderr
+    single, _ = digits_run
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+           "convert_eval.py", "T=16", "neuron=msat", "sim.batch_size=100", "sim.chunk=5", "sim.progress=false",
+           "logger=none", "device=cpu", f"paths.ckpt_dir={ckpt_dir}", f"hydra.run.dir={out}"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ddp = json.loads((out / "metrics.json").read_text())
+    assert ddp["timing"]["world_size"] == 2
+    assert ddp["acc"] == single["acc"] and ddp["counts"] == single["counts"]
+    assert ddp["ann_acc"] == single["ann_acc"] and ddp["layers"] == single["layers"]
+    assert ddp["sin_curve"] == single["sin_curve"] and ddp["energy"] == single["energy"]
