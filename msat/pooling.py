@@ -70,21 +70,29 @@ class SpikingPool(MemoryModule):
             return self._avg(x)
         return self._max(x)
 
-    def _cumulative(self, xs: Tensor) -> Tensor:
-        """X(t) for every step of the chunk: (Tc, B, ...), state carried across chunks."""
-        acc = torch.empty_like(xs)
-        prev = self.acc if self.acc is not None else torch.zeros_like(xs[0])
+    def _cumulative(self, xs: Tensor, inplace: bool) -> Tensor:
+        """X(t) for every step of the chunk: (Tc, B, ...), state carried across chunks
+        (written over ``xs`` when ``inplace``)."""
+        acc = xs if inplace else torch.empty_like(xs)
+        prev = self.acc
         for i in range(xs.shape[0]):
-            prev = torch.add(prev, xs[i], out=acc[i])
+            if prev is None:
+                prev = acc[0] if inplace else acc[0].copy_(xs[0])
+            else:
+                prev = torch.add(prev, xs[i], out=acc[i])
         self.acc = acc[-1].clone()
         return acc
 
-    def run_chunk(self, x: Tensor, steps: int, batch: int) -> Tensor:
-        """x: (steps*B, C, ...) time-folded input -> (steps*B, C, ...out) output."""
+    def run_chunk(self, x: Tensor, steps: int, batch: int, consume: bool = False) -> Tensor:
+        """x: (steps*B, C, ...) time-folded input -> (steps*B, C, ...out) output.
+
+        ``consume=True``: the caller no longer needs ``x`` and its memory may be reused.
+        """
         if self.variant == "avg":
             return self._avg(x)
         feat = x.shape[1:]
-        acc = self._cumulative(x.view(steps, batch, *feat))               # (Tc, B, C, ...)
+        inplace = consume and self.variant == "lipool"
+        acc = self._cumulative(x.view(steps, batch, *feat), inplace)      # (Tc, B, C, ...)
         folded = acc.view(steps * batch, *feat)
         if self.variant == "gate":
             _, idx = self._max(folded, return_indices=True)               # (Tc*B, C, ...out)

@@ -68,8 +68,8 @@ class _Plan:
         modules = dict(gm.named_modules())
         nodes = list(gm.graph.nodes)
         dynamic = [n for n in nodes if snn.is_dynamic(n) or n.op == "output"]
-        static = [n for n in nodes if n not in set(dynamic)]
         dyn_set = set(dynamic)
+        static = [n for n in nodes if n not in dyn_set]
         # batched: derived from the input; such static tensors are folded when a dynamic op needs them
         self.batched: set[fx.Node] = set()
         for n in nodes:
@@ -123,9 +123,7 @@ def _fetch_attr(gm: fx.GraphModule, target: str) -> Any:
 
 
 def _call(step: _Step, args: tuple, kwargs: dict, gm: fx.GraphModule) -> Any:
-    if step.kind in ("module", "pool", "neuron"):
-        return step.fn(*args, **kwargs)
-    if step.kind == "function":
+    if step.kind in ("module", "function"):
         return step.fn(*args, **kwargs)
     if step.kind == "method":
         return getattr(args[0], step.fn)(*args[1:], **kwargs)
@@ -250,7 +248,10 @@ def _run_chunk(snn: SpikingNetwork, plan: _Plan, gm: fx.GraphModule, static: dic
             for o in observers:
                 o.on_spikes(step.fn.name, spikes, t0)
         elif step.kind == "pool":
-            res = step.fn.run_chunk(value(node.args[0]), Tc, B)
+            src = node.args[0]
+            x = value(src)
+            consume = src in step.free and src in env and not _aliased(x, src, env, static)
+            res = step.fn.run_chunk(x, Tc, B, consume=consume)
         else:
             args = fx.node.map_arg(node.args, value)
             kwargs = fx.node.map_arg(node.kwargs, value)

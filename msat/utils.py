@@ -24,6 +24,10 @@ class UserError(Exception):
     """A problem with the user's input (config, names, files): reported in one line, exit code 2."""
 
 
+class UnknownNameError(UserError, ValueError):
+    """An unknown model, dataset or option name; the message lists the valid ones."""
+
+
 # ----------------------------------------------------------------------------- seeding, devices
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:

@@ -182,3 +182,19 @@ def test_cli_error_and_torchrun_equals_single_process(ckpt_dir, tmp_path, digits
     assert ddp["acc"] == single["acc"] and ddp["counts"] == single["counts"]
     assert ddp["ann_acc"] == single["ann_acc"] and ddp["layers"] == single["layers"]
     assert ddp["sin_curve"] == single["sin_curve"] and ddp["energy"] == single["energy"]
+
+
+def test_optuna_sweep_maximizes_returned_accuracy(ckpt_dir, tmp_path):
+    """sweep=optuna: the task returns acc at objective_T; Optuna's best value is the best trial's."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
+    out = tmp_path / "optuna"
+    cmd = [sys.executable, "convert_eval.py", "sweep=optuna", "T=4", "objective_T=4", "hydra.sweeper.n_trials=2",
+           "logger=none", f"paths.ckpt_dir={ckpt_dir}", f"hydra.sweep.dir={out}"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trials = [json.loads((out / str(i) / "metrics.json").read_text()) for i in range(2)]
+    assert trials[0]["config"]["neuron"]["alpha"] != trials[1]["config"]["neuron"]["alpha"]
+    from omegaconf import OmegaConf
+
+    best = OmegaConf.load(out / "optimization_results.yaml").best_value
+    assert best == max(t["acc"][3] for t in trials) == max(t["objective"] for t in trials)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import inspect
 from typing import Callable
 
+from ..utils import UnknownNameError
 from .base import DataBundle, DatasetUnavailableError, build_loader
 from .digits import build_digits
 from .imdb import build_imdb
@@ -38,7 +39,7 @@ def build_data(cfg, artifacts: dict | None = None) -> DataBundle:
     """
     name = cfg["name"]
     if name not in _BUILDERS:
-        raise ValueError(f"unknown dataset {name!r}; valid datasets: {', '.join(list_datasets())}")
+        raise UnknownNameError(f"unknown dataset {name!r}; valid datasets: {', '.join(list_datasets())}")
     builder = _BUILDERS[name]
     if artifacts and "artifacts" in inspect.signature(builder).parameters:
         return builder(cfg, artifacts=artifacts)

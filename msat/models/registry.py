@@ -6,6 +6,8 @@ from typing import Callable
 
 import torch.nn as nn
 
+from ..utils import UnknownNameError
+
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
 
@@ -26,5 +28,5 @@ def list_models(pattern: str = "*") -> list[str]:
 def create_model(name: str, num_classes: int = 10, **kwargs) -> nn.Module:
     """Build a registered model; an unknown name lists the valid ones."""
     if name not in _REGISTRY:
-        raise ValueError(f"unknown model {name!r}; valid models: {', '.join(list_models())}")
+        raise UnknownNameError(f"unknown model {name!r}; valid models: {', '.join(list_models())}")
     return _REGISTRY[name](num_classes=num_classes, **kwargs)
