@@ -31,12 +31,12 @@ test: $(STAMP) ## Run the fast test suite (installs first if needed)
 test-full: $(STAMP) ## Run every test, the slow ones included
 	$(BIN)/python -m pytest -q -m "slow or not slow"
 
-demo: $(STAMP) ## Train digits_cnn (if absent), fixed threshold vs MSAT: results/demo.md + demo.png (< 3 min)
-	$(BIN)/python -m experiments.reproduce demo
-
 # Reproduce targets: SMOKE=1 runs the same pipeline on synthetic data (T=8, minutes on a CPU) and
 # writes outputs/smoke/results/ instead of results/; CKPT_DIR=dir uses (or trains into) dir.
 REPRO = $(BIN)/python -m experiments.reproduce $(if $(filter 1,$(SMOKE)),--smoke) $(if $(CKPT_DIR),--ckpt-dir $(CKPT_DIR))
+
+demo: $(STAMP) ## Train digits_cnn (if absent), fixed threshold vs MSAT: results/demo.md + demo.png (< 3 min)
+	$(REPRO) demo
 
 reproduce-table3: $(STAMP) ## Table 3: VGG16/ResNet20 x CIFAR-10/100, MSAT (SMOKE=1, CKPT_DIR=)
 	$(REPRO) table3

@@ -422,6 +422,11 @@ def smoke_wrapper(name: str, dataset: str) -> str:
             f"{size_lines}")
 
 
+def _show(path: Path) -> str:
+    """A path relative to the repository when it lies inside it."""
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
 def _python() -> str:
     return os.environ.get("PYTHON", sys.executable)
 
@@ -494,7 +499,7 @@ def reproduce(target: str, smoke: bool = False, results_dir: str | Path | None =
                  "measured numbers mean nothing next to the paper's.\n\n")
     ref = "" if rp.load_reference("paper_tables") is not None else \
         f"Reference CSVs not found under {rp.shared_dir()}/reference (set MSAT_SHARED_DIR): reference columns n/a.\n\n"
-    tail = f"\nRuns: `{runs_dir}` ({n_jobs} jobs); checkpoints: `{ckpt}`.\n"
+    tail = f"\nRuns: `{_show(runs_dir)}` ({n_jobs} jobs); checkpoints: `{_show(ckpt)}`.\n"
     out = results / f"{target}.md"
     atomic_write_text(out, head + ref + body + tail)
     print(f"wrote {out}", flush=True)

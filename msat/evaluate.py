@@ -60,8 +60,8 @@ def check_config(cfg: Mapping) -> Any:
     if cfg["model"]["name"] not in list_models():
         raise UserError(f"unknown model {cfg['model']['name']!r}; valid models: {', '.join(list_models())}")
     conv = conversion_config(conversion_cfg(cfg))
-    if conv.sc.enabled and conv.sc.E > T:
-        raise UserError(f"spike confidence acts for t < sc.E={conv.sc.E}, beyond T={T}: set sc.E <= T or sc=off")
+    if conv.sc.enabled and not 1 <= conv.sc.E <= T:
+        raise UserError(f"spike confidence acts for t < sc.E={conv.sc.E}, beyond T={T}: set 1 <= sc.E <= T or sc=off")
     tol = float(cfg.get("lossless_tol", 0.0))
     if not 0.0 <= tol <= 1.0:
         raise UserError(f"lossless_tol is an accuracy difference in [0, 1], got {tol}")
@@ -204,9 +204,8 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict:
     names = [n for n, _ in snn.neuron_layers()]
     sc_p: dict[str, float] = {}
     if conv.sc.enabled:
-        derived = derive_sc_p(snn, x_cal, conv.sc.E) if conv.sc.p is None else None
-        sc_layers = names[-1:] if conv.sc.layers == "last" else names
-        sc_p = resolve_sc_p(conv.sc.p, sc_layers, derived)
+        derived = derive_sc_p(snn, x_cal, conv.sc.E, chunk=int(sim["chunk"])) if conv.sc.p is None else None
+        sc_p = resolve_sc_p(conv.sc.p, snn.sc_layers(), derived)
         snn.set_sc_p(sc_p)
 
     loader, batch_ids = shard_loader(bundle.test, int(sim["batch_size"]), rank, world)

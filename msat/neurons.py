@@ -201,14 +201,15 @@ class SpikingNeuron(MemoryModule):
         spikes = zs if consume else z.new_empty((steps, batch, *feat))
         if cfg.threshold == "fixed":
             th_const = cfg.k * theta_in
-            self._loop(zs, spikes, static, lambda i, t: th_const, None)
+            self._loop(zs, spikes, static, lambda i, t, buf: th_const, None)
             scale = th_const if out_scale is None else th_const * out_scale
             out = spikes.mul_(scale) if not keep_spikes else spikes * scale
         else:
             thresh, det = self._msat_thresholds(zs, theta_in)
-            # o(t) overwrites DET(t) once th(t) is known
-            out = det if det is not None and det.shape[0] == steps else torch.empty_like(spikes)
-            self._loop(zs, spikes, static, thresh, out)
+            # th(t) overwrites DET(t) once it is used; o = s_out * th for the whole chunk at the end
+            ths = det if det is not None and det.shape[0] == steps else torch.empty_like(spikes)
+            self._loop(zs, spikes, static, thresh, ths)
+            out = ths.mul_(spikes)
             if out_scale is not None:
                 out.mul_(out_scale)
         self.t += steps
@@ -234,8 +235,10 @@ class SpikingNeuron(MemoryModule):
         tiny = torch.finfo(zs.dtype).tiny
         plain = isinstance(theta_in, float) and theta_in == 1.0
 
-        def thresh(i: int, t: int) -> Scalar:
+        def thresh(i: int, t: int, th: Tensor) -> Scalar:
+            """Write th(t) into ``th`` (returns it, or the constant theta at t = 0)."""
             if t == 0:
+                th.copy_(torch.as_tensor(theta_in, dtype=th.dtype, device=th.device).expand_as(th))
                 return theta_in
             det_i = None if det is None else det[0 if det.shape[0] == 1 else i]
             if cfg.use_dtt:
@@ -245,19 +248,25 @@ class SpikingNeuron(MemoryModule):
                     x.mul_(c_sp)
                 x.add_(d, alpha=c_d)
                 x.add_(det_i) if det_i is not None else x.add_(cfg.tau_mp * v_t)
-                x.sigmoid_()
+                torch.sigmoid(x, out=th)
             elif det_i is not None:
-                x = torch.sigmoid(det_i)
+                torch.sigmoid(det_i, out=th)
             else:
-                x = torch.full_like(self.v, 0.5)
+                th.fill_(0.5)
             if not plain:
-                x.mul_(theta_in)
-            return x.clamp_min_(tiny)
+                th.mul_(theta_in)
+            if cfg.gamma > 1:
+                th.clamp_min_(tiny)     # V/th must not be 0/0 (gamma = 1 compares V >= th instead)
+            return th
 
         return thresh, det
 
-    def _loop(self, zs: Tensor, spikes: Tensor, static: bool, thresh, out: Optional[Tensor]) -> None:
-        """The time loop: V_pre = V + z, fire, spike confidence, reset (and o = s_out * th)."""
+    def _loop(self, zs: Tensor, spikes: Tensor, static: bool, thresh, ths: Optional[Tensor]) -> None:
+        """The time loop: V_pre = V + z, fire, spike confidence, reset.
+
+        ``thresh(i, t, th_buffer)`` gives th(t); with ``ths`` (Tc, B, ...) given, th(t) is written
+        into ``ths[i]``, else it is a constant.
+        """
         cfg = self.cfg
         v, vsum = self.v, self.vsum
         gamma, hard = cfg.gamma, cfg.reset == "hard"
@@ -265,7 +274,7 @@ class SpikingNeuron(MemoryModule):
         u = torch.empty_like(v) if sc else None
         for i in range(spikes.shape[0]):
             t = self.t + i
-            th = thresh(i, t)                                  # uses V(t-1): before the update
+            th = thresh(i, t, None if ths is None else ths[i])    # uses V(t-1): before the update
             v.add_(zs[0] if static else zs[i])                 # V_pre(t)
             s = spikes[i]
             if gamma == 1:
@@ -280,20 +289,14 @@ class SpikingNeuron(MemoryModule):
                     s.mul_(keep)                               # s_reset = s_out
                 else:
                     drop = keep                                # s_reset = s, dropped after the reset
-            o = None
             if hard:
                 v.masked_fill_(s > 0, 0.0)
-            elif out is not None and drop is None:
-                o = torch.mul(s, th, out=out[i])               # o = s * th is also the reset amount
-                v.sub_(o)
             elif isinstance(th, float):
                 v.sub_(s, alpha=th)
             else:
                 v.addcmul_(s, th, value=-1.0)
             if drop is not None:
                 s.mul_(drop)                                   # s_out = c * s
-            if out is not None and o is None:
-                torch.mul(s, th, out=out[i])
             if vsum is not None:
                 vsum.add_(v)
 

@@ -42,11 +42,15 @@ def ckpt_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def digits_run(ckpt_dir, tmp_path_factory):
-    """One conversion of digits at T=16 with W&B offline; batch 100 leaves a last batch of 50 of 450."""
+    """One conversion of digits at T=16, W&B asked online without credentials (falls back to offline);
+    batch 100 leaves a last batch of 50 of the 450 test images."""
     tmp = tmp_path_factory.mktemp("run")
     cfg = make_cfg(tmp, ckpt_dir, "T=16", "neuron=msat", "sim.batch_size=100", "sim.chunk=5", "logger=wandb",
-                   "logger.mode=offline")
-    metrics = evaluate.run(cfg, run_dir=tmp / "run")
+                   "logger.mode=online")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("WANDB_API_KEY", raising=False)
+        mp.setenv("NETRC", str(tmp / "no-netrc"))
+        metrics = evaluate.run(cfg, run_dir=tmp / "run")
     return metrics, tmp / "run"
 
 
@@ -80,6 +84,7 @@ def test_metrics_schema_and_files(digits_run):
 
 
 def test_wandb_offline_run_directory(digits_run):
+    """logger.mode=online without an account: the run completes and logs offline."""
     _, run_dir = digits_run
     runs = list((run_dir / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and any(runs[0].rglob("*.wandb"))
