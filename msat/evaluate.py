@@ -80,19 +80,21 @@ def conversion_cfg(cfg: Mapping) -> dict:
 
 # ----------------------------------------------------------------------------- distributed
 
-def _dist_setup(device_name: str) -> tuple[int, int, torch.device]:
-    """(rank, world_size, device); initializes torch.distributed under torchrun (WORLD_SIZE > 1)."""
+def _dist_setup(device_name: str) -> tuple[int, int, torch.device, bool]:
+    """(rank, world_size, device, created): under torchrun (WORLD_SIZE > 1) joins or creates the
+    process group (``created``: this call initialized it, so the run destroys it at the end)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        return 0, 1, resolve_device(device_name)
+        return 0, 1, resolve_device(device_name), False
     local = int(os.environ.get("LOCAL_RANK", "0"))
     device = resolve_device(device_name)
     if device.type == "cuda":
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
-    if not dist.is_initialized():
+    created = not dist.is_initialized()
+    if created:
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return dist.get_rank(), dist.get_world_size(), device
+    return dist.get_rank(), dist.get_world_size(), device, created
 
 
 def _all_reduce(t: torch.Tensor) -> torch.Tensor:
@@ -146,6 +148,7 @@ def steps_to_lossless(correct: list[int], ann_correct: int, total: int, tol: flo
 
 
 def _scale_value(s: Any) -> float:
+    """A layer scale as one number (the mean of a per-channel scale)."""
     return float(s.float().mean()) if isinstance(s, torch.Tensor) else float(s)
 
 
@@ -190,7 +193,7 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict:
             log.info("skip_done: %s already holds this run's metrics.json", run_dir)
             return done
 
-    rank, world, device = _dist_setup(str(cfg.get("device", "auto")))
+    rank, world, device, created_pg = _dist_setup(str(cfg.get("device", "auto")))
     seed_everything(seed)
     sim = cfg["sim"]
 
@@ -210,7 +213,7 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict:
 
     loader, batch_ids = shard_loader(bundle.test, int(sim["batch_size"]), rank, world)
     stats, accs = SpikeStats(), AccuracyCurve()
-    ann_counts = torch.zeros(2, dtype=torch.int64)          # correct, total
+    ann_counts = torch.zeros(2, dtype=torch.int64, device=device)   # correct, total (device: NCCL reduces)
     gen = torch.Generator(device=device)
     bar = None
     if rank == 0 and bool(sim.get("progress", True)):
@@ -221,7 +224,7 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict:
     with torch.no_grad():
         for b, (x, y) in zip(batch_ids, loader):
             x, y = x.to(device), y.to(device)
-            ann_counts[0] += int((model(x).argmax(-1) == y).sum())
+            ann_counts[0] += (model(x).argmax(-1) == y).sum()
             ann_counts[1] += y.shape[0]
             gen.manual_seed(seed * 1_000_003 + b)            # per batch: identical under sharding
             accs.set_labels(y)
@@ -234,8 +237,9 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict:
     _all_reduce(ann_counts)
     stats.all_reduce()
     accs.all_reduce()
-    if world > 1:
+    if created_pg:
         dist.barrier()
+        dist.destroy_process_group()
 
     total, ann_correct = int(ann_counts[1]), int(ann_counts[0])
     correct = accs.correct.cpu().tolist()
@@ -246,9 +250,9 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict:
     curves = stats.curves()
     at_e, at_T = stats.at(t_stat), stats.at(T)
     scales = snn.scales
-    layers = [{"name": n, "scale": _scale_value(scales[n] if isinstance(scales, Mapping) else scales[i]),
-               "firing_rate": at_T[n]["firing_rate"], "sin_ratio": at_e[n]["sin_ratio"], "q": at_e[n]["q"],
-               "ans": at_e[n]["ans"], "p": sc_p.get(n)} for i, n in enumerate(names)]
+    layers = [{"name": n, "scale": _scale_value(scales[n]), "firing_rate": at_T[n]["firing_rate"],
+               "sin_ratio": at_e[n]["sin_ratio"], "q": at_e[n]["q"], "ans": at_e[n]["ans"], "p": sc_p.get(n)}
+              for n in names]
     macs = layer_macs(model, x_cal[:1])
     energy = energy_report(snn, macs, stats.mean_spike_count(), neurons=stats.neurons_per_sample())
     energy["mean_firing_rate"] = stats.mean_firing_rate()[-1]

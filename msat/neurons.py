@@ -201,80 +201,83 @@ class SpikingNeuron(MemoryModule):
         spikes = zs if consume else z.new_empty((steps, batch, *feat))
         if cfg.threshold == "fixed":
             th_const = cfg.k * theta_in
-            self._loop(zs, spikes, static, lambda i, t, buf: th_const, None)
+            self._loop(zs, spikes, static, lambda i, t: th_const, None)
             scale = th_const if out_scale is None else th_const * out_scale
             out = spikes.mul_(scale) if not keep_spikes else spikes * scale
         else:
-            thresh, det = self._msat_thresholds(zs, theta_in)
-            # th(t) overwrites DET(t) once it is used; o = s_out * th for the whole chunk at the end
-            ths = det if det is not None and det.shape[0] == steps else torch.empty_like(spikes)
-            self._loop(zs, spikes, static, thresh, ths)
-            out = ths.mul_(spikes)
+            # o = s_out * th is written over the spikes unless the caller keeps them
+            out = torch.empty_like(spikes) if keep_spikes else None
+            self._loop(zs, spikes, static, self._msat_thresholds(zs, static, theta_in), out)
+            out = spikes if out is None else out
             if out_scale is not None:
                 out.mul_(out_scale)
         self.t += steps
         return out.view(steps * batch, *feat), spikes
 
-    def _msat_thresholds(self, zs: Tensor, theta_in: Scalar):
-        """(function (i, t) -> th(t) reading the current state V(t-1) and sum V(0..t-1),
-        the chunk's DET buffer or None)."""
+    def _msat_thresholds(self, zs: Tensor, static: bool, theta_in: Scalar):
+        """A function (i, t) -> th(t) for the chunk, reading the current state V(t-1) and
+        sum V(0..t-1); the returned tensor is reused at the next step."""
         cfg = self.cfg
-        v_t = -theta_in
-        det = None
-        if cfg.use_det:
-            # DET (+ the constant part of DTT) for all steps of the chunk at once: (Tc or 1, B, ...)
-            det = zs.mul(-1.0 / cfg.C).clamp_max_(_exp_cap(zs.dtype)).exp_()
-            if cfg.tau_rd != 1.0:
-                det.mul_(cfg.tau_rd)
-            if cfg.use_dtt:
-                det.add_(cfg.tau_mp * v_t)
+        c3 = cfg.tau_mp * -theta_in                 # tau_mp * V_T
         c_sp = cfg.tau_mp * cfg.k_a / cfg.k_i
         c_d = cfg.tau_mp * cfg.alpha
         beta = 1.0 / cfg.k_i
-        d = torch.empty_like(self.v)
-        tiny = torch.finfo(zs.dtype).tiny
+        cap = _exp_cap(zs.dtype)
+        d, th, e = torch.empty_like(self.v), torch.empty_like(self.v), torch.empty_like(self.v)
         plain = isinstance(theta_in, float) and theta_in == 1.0
 
-        def thresh(i: int, t: int, th: Tensor) -> Scalar:
-            """Write th(t) into ``th`` (returns it, or the constant theta at t = 0)."""
+        def det(i: int) -> Tensor:
+            """DET(t) = tau_rd * exp(-z(t)/C) (+ tau_mp * V_T when DTT is on), into ``e``."""
+            torch.mul(zs[i], -1.0 / cfg.C, out=e).clamp_max_(cap).exp_()
+            if cfg.tau_rd != 1.0:
+                e.mul_(cfg.tau_rd)
+            if cfg.use_dtt:
+                e.add_(c3)
+            return e
+
+        if static and cfg.use_det:
+            det(0)                                  # the same input every step: once per chunk
+
+        def thresh(i: int, t: int) -> Scalar:
             if t == 0:
-                th.copy_(torch.as_tensor(theta_in, dtype=th.dtype, device=th.device).expand_as(th))
                 return theta_in
-            det_i = None if det is None else det[0 if det.shape[0] == 1 else i]
+            if cfg.use_det and not static:
+                det(i)
             if cfg.use_dtt:
                 torch.add(self.v, self.vsum, alpha=-1.0 / t, out=d)       # d = V(t-1) - Vbar(t-1)
                 x = F.softplus(d, beta=beta)
                 if c_sp != 1.0:
                     x.mul_(c_sp)
                 x.add_(d, alpha=c_d)
-                x.add_(det_i) if det_i is not None else x.add_(cfg.tau_mp * v_t)
+                x.add_(e) if cfg.use_det else x.add_(c3)
                 torch.sigmoid(x, out=th)
-            elif det_i is not None:
-                torch.sigmoid(det_i, out=th)
+            elif cfg.use_det:
+                torch.sigmoid(e, out=th)
             else:
                 th.fill_(0.5)
             if not plain:
                 th.mul_(theta_in)
             if cfg.gamma > 1:
-                th.clamp_min_(tiny)     # V/th must not be 0/0 (gamma = 1 compares V >= th instead)
+                th.clamp_min_(torch.finfo(th.dtype).tiny)   # V/th must not be 0/0 (gamma 1 compares)
             return th
 
-        return thresh, det
+        return thresh
 
-    def _loop(self, zs: Tensor, spikes: Tensor, static: bool, thresh, ths: Optional[Tensor]) -> None:
+    def _loop(self, zs: Tensor, spikes: Tensor, static: bool, thresh, out: Optional[Tensor]) -> None:
         """The time loop: V_pre = V + z, fire, spike confidence, reset.
 
-        ``thresh(i, t, th_buffer)`` gives th(t); with ``ths`` (Tc, B, ...) given, th(t) is written
-        into ``ths[i]``, else it is a constant.
+        ``thresh(i, t)`` gives th(t). A constant threshold leaves the output to the caller;
+        otherwise o = s_out * th goes into ``out[i]``, or over ``spikes[i]`` when ``out`` is None.
         """
         cfg = self.cfg
         v, vsum = self.v, self.vsum
         gamma, hard = cfg.gamma, cfg.reset == "hard"
+        adaptive = cfg.threshold != "fixed"
         sc = self.sc_layer and self.sc_p is not None
         u = torch.empty_like(v) if sc else None
         for i in range(spikes.shape[0]):
             t = self.t + i
-            th = thresh(i, t, None if ths is None else ths[i])    # uses V(t-1): before the update
+            th = thresh(i, t)                                  # uses V(t-1): before the update
             v.add_(zs[0] if static else zs[i])                 # V_pre(t)
             s = spikes[i]
             if gamma == 1:
@@ -299,6 +302,11 @@ class SpikingNeuron(MemoryModule):
                 s.mul_(drop)                                   # s_out = c * s
             if vsum is not None:
                 vsum.add_(v)
+            if adaptive:
+                if out is not None:
+                    torch.mul(s, th, out=out[i])
+                else:
+                    s.mul_(th)
 
 
 __all__ = ["fire", "reset_potential", "fixed_step", "msat_threshold", "msat_step", "spike_confidence",

@@ -36,6 +36,10 @@ def test_paper_and_authors_reference():
     assert curve[256] == 95.5 and curve[1] == 10.0 and sorted(curve)[:3] == [1, 4, 8]
     sin = rp.authors_layer_stat("cifar10", "vgg16", msat_sc, "SINRate")
     assert sorted(sin) == list(range(1, 14)) and sin[11] == 0.489
+    no_sc = msat_sc.replace("useSC_True", "useSC_False")
+    assert rp.authors_layer_stat("cifar10", "resnet20", no_sc, "avg_error_spikenum")[19] == 1.972   # Table 7
+    assert rp.authors_curve("cifar10", "resnet20", msat_sc)[32] == 94.02
+    assert rp.authors_layer_stat("cifar100", "resnet20", no_sc, "avg_error_spikenum")[19] == 6.309
 
 
 def test_reference_absent_gives_na(tmp_path, monkeypatch):
