@@ -12,6 +12,7 @@ Then the peak memory of ``simulate`` at T and 8T with the same chunk (fresh subp
 measurement: RSS on CPU, ``torch.cuda.max_memory_allocated`` on CUDA).
 
     python benchmarks/bench_sim.py                                  # CPU, B=16, T=32, 2 threads
+    python benchmarks/bench_sim.py --tune-malloc                    # CPU allocator tuned (opt-in)
     python benchmarks/bench_sim.py --device cuda --batch 128 --T 256
 """
 from __future__ import annotations
@@ -31,6 +32,7 @@ import torch.fx as fx
 import msat
 from msat.neurons import SpikingNeuron, reset_net
 from msat.pooling import SpikingPool
+from msat.simulation import tune_cpu_allocator
 
 
 def build(args: argparse.Namespace, threshold: str) -> tuple[msat.SpikingNetwork, torch.Tensor]:
@@ -134,6 +136,8 @@ def run_memory(args: argparse.Namespace) -> None:
             cmd = [sys.executable, __file__, "--_memory", "--T", str(T), "--device", args.device,
                    "--batch", str(args.batch), "--chunk", str(args.chunk), "--model", args.model,
                    "--threads", str(args.threads), "--mem-threshold", threshold]
+            if args.tune_malloc:
+                cmd.append("--tune-malloc")
             out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
             res[(T, threshold)] = json.loads(out.strip().splitlines()[-1])["peak_mb"]
     for threshold in ("fixed", "msat"):
@@ -153,10 +157,14 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--skip-naive", action="store_true", help="skip the naive loop (slow at large T)")
     p.add_argument("--skip-memory", action="store_true")
+    p.add_argument("--tune-malloc", action="store_true",
+                   help="CPU: msat.simulation.tune_cpu_allocator() first (keeps large buffers in the heap)")
     p.add_argument("--_memory", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--mem-threshold", default="fixed", help=argparse.SUPPRESS)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    if args.tune_malloc and not args.device.startswith("cuda"):
+        print(f"tune_cpu_allocator: {tune_cpu_allocator()}")
     if args._memory:
         print(json.dumps(measure_memory(args)))
         return

@@ -14,9 +14,8 @@ the spikes of each layer and the output, chunk by chunk (``Observer``).
 """
 from __future__ import annotations
 
-import operator
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 import torch.fx as fx
@@ -266,4 +265,28 @@ def _run_chunk(snn: SpikingNetwork, plan: _Plan, gm: fx.GraphModule, static: dic
     raise RuntimeError("graph without output")  # pragma: no cover
 
 
-__all__ = ["Observer", "SimulationError", "simulate"]
+def tune_cpu_allocator(threshold_bytes: int = 1 << 30) -> bool:
+    """Opt-in, process-wide (Linux/glibc): keep freed large CPU buffers in the heap.
+
+    glibc returns every freed buffer above its mmap threshold (at most 32 MB by default) to the
+    OS, so each chunk's large activations are page-faulted in again; on CPU that costs ~10-20 %
+    of a chunked simulation. This raises the threshold (and the trim threshold) to
+    ``threshold_bytes``. Returns whether glibc accepted it. Memory freed inside the heap is reused
+    by later allocations but not given back to the OS while the process runs.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        return bool(libc.mallopt(m_mmap_threshold, int(threshold_bytes))) and \
+            bool(libc.mallopt(m_trim_threshold, int(2 * threshold_bytes)))
+    except (OSError, AttributeError):
+        return False
+
+
+__all__ = ["Observer", "SimulationError", "simulate", "tune_cpu_allocator"]
