@@ -9,10 +9,11 @@ to the dense bound = T x one ANN forward at batch B (the converted graph as the 
     D  naive per-step loop    the whole converted network once per step on batch B
 
 Then the peak memory of ``simulate`` at T and 8T with the same chunk (fresh subprocess per
-measurement: RSS on CPU, ``torch.cuda.max_memory_allocated`` on CUDA).
+measurement: RSS on CPU, ``torch.cuda.max_memory_allocated`` on CUDA). On CPU the run first calls
+``msat.simulation.tune_cpu_allocator()`` (what a CPU user should do; ``--no-tune-malloc`` not).
 
     python benchmarks/bench_sim.py                                  # CPU, B=16, T=32, 2 threads
-    python benchmarks/bench_sim.py --tune-malloc                    # CPU allocator tuned (opt-in)
+    python benchmarks/bench_sim.py --no-tune-malloc                 # glibc's default allocator behaviour
     python benchmarks/bench_sim.py --device cuda --batch 128 --T 256
 """
 from __future__ import annotations
@@ -136,8 +137,8 @@ def run_memory(args: argparse.Namespace) -> None:
             cmd = [sys.executable, __file__, "--_memory", "--T", str(T), "--device", args.device,
                    "--batch", str(args.batch), "--chunk", str(args.chunk), "--model", args.model,
                    "--threads", str(args.threads), "--mem-threshold", threshold]
-            if args.tune_malloc:
-                cmd.append("--tune-malloc")
+            if not args.tune_malloc:
+                cmd.append("--no-tune-malloc")
             out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
             res[(T, threshold)] = json.loads(out.strip().splitlines()[-1])["peak_mb"]
     for threshold in ("fixed", "msat"):
@@ -157,8 +158,9 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--skip-naive", action="store_true", help="skip the naive loop (slow at large T)")
     p.add_argument("--skip-memory", action="store_true")
-    p.add_argument("--tune-malloc", action="store_true",
-                   help="CPU: msat.simulation.tune_cpu_allocator() first (keeps large buffers in the heap)")
+    p.add_argument("--no-tune-malloc", dest="tune_malloc", action="store_false",
+                   help="CPU: do not call msat.simulation.tune_cpu_allocator() (large chunk buffers are then "
+                        "page-faulted in again at every chunk: ~10-20%% slower at chunk=32)")
     p.add_argument("--_memory", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--mem-threshold", default="fixed", help=argparse.SUPPRESS)
     args = p.parse_args()
