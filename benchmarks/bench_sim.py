@@ -8,8 +8,10 @@ to the dense bound = T x one ANN forward at batch B (the converted graph as the 
     C  simulate, msat         msat.simulate with the MSAT threshold
     D  naive per-step loop    the whole converted network once per step on batch B
 
-Then the peak memory of ``simulate`` at T and 8T with the same chunk (fresh subprocess per
-measurement: RSS on CPU, ``torch.cuda.max_memory_allocated`` on CUDA). On CPU the run first calls
+Then the peak memory of ``simulate`` at T, 2T and 8T with the same chunk (fresh subprocess per
+measurement: RSS on CPU, ``torch.cuda.max_memory_allocated`` on CUDA; glibc serves the first
+chunk's buffers by mmap and later ones partly from the heap, so on CPU T=2T is the fair
+reference for 8T). On CPU the run first calls
 ``msat.simulation.tune_cpu_allocator()`` (what a CPU user should do; ``--no-tune-malloc`` not).
 
     python benchmarks/bench_sim.py                                  # CPU, B=16, T=32, 2 threads
@@ -131,20 +133,21 @@ def measure_memory(args: argparse.Namespace) -> dict:
 
 
 def run_memory(args: argparse.Namespace) -> None:
+    Ts = (args.T, 2 * args.T, 8 * args.T)
     res = {}
-    for T in (args.T, 8 * args.T):
+    for T in Ts:
         for threshold in ("fixed", "msat"):
             cmd = [sys.executable, __file__, "--_memory", "--T", str(T), "--device", args.device,
                    "--batch", str(args.batch), "--chunk", str(args.chunk), "--model", args.model,
                    "--threads", str(args.threads), "--mem-threshold", threshold]
-            if not args.tune_malloc:
-                cmd.append("--no-tune-malloc")
+            cmd.append("--no-tune-malloc")    # the engine's own memory, without heap fragmentation
             out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
             res[(T, threshold)] = json.loads(out.strip().splitlines()[-1])["peak_mb"]
     for threshold in ("fixed", "msat"):
-        a, b = res[(args.T, threshold)], res[(8 * args.T, threshold)]
-        print(f"  peak memory of simulate ({threshold:5s}, chunk={args.chunk}): T={args.T}: {a:8.1f} MB   "
-              f"T={8 * args.T}: {b:8.1f} MB   ratio {b / a:5.3f}")
+        a, b, c = (res[(T, threshold)] for T in Ts)
+        print(f"  peak memory of simulate ({threshold:5s}, chunk={args.chunk}): " +
+              "   ".join(f"T={T}: {m:7.1f} MB" for T, m in zip(Ts, (a, b, c))) +
+              f"   T={Ts[2]}/T={Ts[0]}: {c / a:5.3f}   T={Ts[2]}/T={Ts[1]}: {c / b:5.3f}")
 
 
 def main() -> None:
