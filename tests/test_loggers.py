@@ -63,7 +63,6 @@ def test_online_without_credentials_falls_back_to_offline(tmp_path, no_wandb_cre
     assert len(list((tmp_path / "wandb").glob("offline-run-*"))) == 1
 
 
-@pytest.mark.slow
 def test_online_with_rejected_login_falls_back_to_offline(tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)

@@ -1,5 +1,5 @@
 """Reproduce targets: every aggregator on runs built from the real experiment configs (fast), the smoke
-wrappers compose, one target end to end in smoke mode (fast), every target and the demo (slow)."""
+wrappers compose, one target end to end in smoke mode (fast), every target and the demo."""
 from __future__ import annotations
 
 import itertools
@@ -104,7 +104,6 @@ def test_smoke_fig7_end_to_end(tmp_path):
     assert again == md
 
 
-@pytest.mark.slow
 def test_every_target_in_smoke_mode(tmp_path):
     """All targets (so every experiment file) in smoke mode, sharing one checkpoint directory."""
     for target in rpd.TARGETS:
@@ -114,7 +113,6 @@ def test_every_target_in_smoke_mode(tmp_path):
         assert "Smoke run" in md and "| " in md, target
 
 
-@pytest.mark.slow
 def test_demo(tmp_path):
     out = rpd.reproduce("demo", results_dir=tmp_path / "results", work_dir=tmp_path / "work",
                         ckpt_dir=tmp_path / "ckpt")

@@ -181,7 +181,6 @@ def test_ddp_two_processes_on_cpu(tmp_path):
     assert float(rows[0]["test_acc"]) == pytest.approx(ck["test_acc"]) == pytest.approx(acc)
 
 
-@pytest.mark.slow
 def test_multirun_with_local_launcher(tmp_path):
     cmd = [sys.executable, str(ROOT / "train_ann.py"), "-m", "hydra/launcher=local", "train=smoke",
            "logger=none", f"paths.root_dir={tmp_path}", "seed=0,1"]
