@@ -196,6 +196,10 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict:
     rank, world, device, created_pg = _dist_setup(str(cfg.get("device", "auto")))
     seed_everything(seed)
     sim = cfg["sim"]
+    if device.type == "cpu" and bool(sim.get("tune_malloc", True)):
+        from .simulation import tune_cpu_allocator
+
+        tune_cpu_allocator()          # keep freed chunk buffers in the heap: ~15 % faster on CPU
 
     ckpt_path = Path(str(cfg["ckpt"])) if cfg.get("ckpt") else default_ckpt_path(cfg)
     ckpt = load_checkpoint(ckpt_path, dataset=cfg["dataset"]["name"], model=cfg["model"]["name"])
