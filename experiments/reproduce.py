@@ -498,7 +498,7 @@ def reproduce(target: str, smoke: bool = False, results_dir: str | Path | None =
         head += (f"**Smoke run**: synthetic data, 1 training epoch, T = {SMOKE_T}. It checks the pipeline; the "
                  "measured numbers mean nothing next to the paper's.\n\n")
     ref = "" if rp.load_reference("paper_tables") is not None else \
-        f"Reference CSVs not found under {rp.shared_dir()}/reference (set MSAT_SHARED_DIR): reference columns n/a.\n\n"
+        f"Reference CSVs not found under {rp.reference_dir()} (set MSAT_SHARED_DIR): reference columns n/a.\n\n"
     tail = f"\nRuns: `{_show(runs_dir)}` ({n_jobs} jobs); checkpoints: `{_show(ckpt)}`.\n"
     out = results / f"{target}.md"
     atomic_write_text(out, head + ref + body + tail)

@@ -1,8 +1,8 @@
 """Reporting: markdown tables, plots (matplotlib Agg), run summaries, the reference numbers.
 
 The reference CSVs (the paper's tables and the authors' published curves and layer statistics)
-live in ``<repo>/../shared/reference``; ``MSAT_SHARED_DIR`` points elsewhere. When they are
-absent every reference column reads ``n/a``.
+ship with the package (``msat/reference``, a copy of ``../shared/reference``);
+``MSAT_SHARED_DIR`` points elsewhere. When they are absent every reference column reads ``n/a``.
 """
 from __future__ import annotations
 
@@ -27,10 +27,20 @@ AUTHORS_GROUPS = {("cifar10", "resnet20"): "parameters_group5"}
 
 # ----------------------------------------------------------------------------- reference data
 
+BUNDLED_REFERENCE = Path(__file__).resolve().parent / "reference"
+
+
 def shared_dir() -> Path:
-    """``$MSAT_SHARED_DIR`` or ``<repo>/../shared``."""
+    """``$MSAT_SHARED_DIR`` or ``<repo>/../shared`` (the project's shared folder)."""
     env = os.environ.get("MSAT_SHARED_DIR")
     return Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared"
+
+
+def reference_dir() -> Path:
+    """Where the reference CSVs are read: ``$MSAT_SHARED_DIR/reference`` when that variable is
+    set, else the copy shipped with the package (``msat/reference``, kept equal to
+    ``../shared/reference`` by a test)."""
+    return shared_dir() / "reference" if os.environ.get("MSAT_SHARED_DIR") else BUNDLED_REFERENCE
 
 
 @functools.lru_cache(maxsize=None)
@@ -41,7 +51,7 @@ def _read_csv(path: str) -> tuple[dict, ...]:
 
 def load_reference(name: str) -> list[dict] | None:
     """Rows of ``reference/<name>.csv`` as dicts of strings; None when the file is absent."""
-    path = shared_dir() / "reference" / f"{name}.csv"
+    path = reference_dir() / f"{name}.csv"
     return [dict(r) for r in _read_csv(str(path))] if path.is_file() else None
 
 

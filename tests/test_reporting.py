@@ -70,3 +70,14 @@ def test_run_summary():
     assert "steps to lossless (tol 0.0): 3" in s and "energy ratio SNN/ANN 0.500" in s
     m["steps_to_lossless"] = None
     assert "steps to lossless (tol 0.0): never" in rp.run_summary(m, [4])
+
+
+def test_bundled_reference_equals_shared_reference():
+    """The package ships a copy of ../shared/reference; it must not drift from the source."""
+    shared = rp.shared_dir() / "reference"
+    if not shared.is_dir():
+        pytest.skip(f"no shared reference folder at {shared}")
+    names = sorted(p.name for p in shared.glob("*.csv"))
+    assert names == sorted(p.name for p in rp.BUNDLED_REFERENCE.glob("*.csv"))
+    for name in names:
+        assert (rp.BUNDLED_REFERENCE / name).read_bytes() == (shared / name).read_bytes(), name
