@@ -136,6 +136,16 @@ def fold_bn(gm: fx.GraphModule) -> int:
 
 # ----------------------------------------------------------------------------- stage: replace
 
+def _swap(gm: fx.GraphModule, node: fx.Node, target: str, module: nn.Module) -> fx.Node:
+    """Replace ``node`` by a call of ``module`` (registered as ``target``) on its first input."""
+    gm.add_submodule(target, module)
+    with gm.graph.inserting_after(node):
+        new = gm.graph.call_module(target, (node.args[0],))
+    node.replace_all_uses_with(new)
+    gm.graph.erase_node(node)
+    return new
+
+
 def _module_path(node: fx.Node) -> str:
     stack = node.meta.get("nn_module_stack") or {}
     if not stack:
@@ -216,12 +226,7 @@ def replace(gm: fx.GraphModule, cfg: ConversionConfig) -> tuple[list[SpikingNeur
             name = f"{path}.{node.name}" if path else node.name
         name = _unique(name, used)
         neuron = SpikingNeuron(cfg.neuron, name)
-        target = f"spiking_layers.n{i}"
-        gm.add_submodule(target, neuron)
-        with gm.graph.inserting_after(node):
-            new = gm.graph.call_module(target, (node.args[0],))
-        node.replace_all_uses_with(new)
-        gm.graph.erase_node(node)
+        new = _swap(gm, node, f"spiking_layers.n{i}", neuron)
         neurons.append(neuron)
         spiking.add(new)
     dyn = _dynamic_nodes(gm, spiking)
@@ -239,12 +244,7 @@ def replace(gm: fx.GraphModule, cfg: ConversionConfig) -> tuple[list[SpikingNeur
             pool = SpikingPool(cfg.pool, dims, name=name, **kw)
         except ValueError as e:
             raise ConversionError(str(e)) from e
-        target = f"spiking_pools.p{len(pools)}"
-        gm.add_submodule(target, pool)
-        with gm.graph.inserting_after(node):
-            new = gm.graph.call_module(target, (node.args[0],))
-        node.replace_all_uses_with(new)
-        gm.graph.erase_node(node)
+        _swap(gm, node, f"spiking_pools.p{len(pools)}", pool)
         pools.append(pool)
     gm.graph.lint()
     gm.delete_all_unused_submodules()

@@ -8,21 +8,7 @@ import torchvision
 
 import msat
 from msat.simulation import Observer, SimulationError
-
-
-def randomize_bn(model: nn.Module, x: torch.Tensor) -> nn.Module:
-    g = torch.Generator().manual_seed(0)
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.momentum = 0.5
-            with torch.no_grad():
-                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
-    model.train()
-    with torch.no_grad():
-        for _ in range(3):
-            model(x)
-    return model.eval()
+from helpers import randomize_bn
 
 
 class SmallResNet(nn.Module):
