@@ -472,7 +472,7 @@ def reproduce(target: str, smoke: bool = False, results_dir: str | Path | None =
 
     runs_dir = work / "runs"
     cmd = [_python(), "convert_eval.py", "-m", *spec.sweep, f"paths.ckpt_dir={ckpt}",
-           f"hydra.sweep.dir={runs_dir}", "skip_done=true"]
+           f"hydra.sweep.dir={runs_dir}", "skip_done=true", "resume=true"]
     if smoke:
         conf = work / "conf"
         for e, (ds, _) in cells.items():

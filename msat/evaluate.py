@@ -6,9 +6,15 @@ and write ``metrics.json``, ``acc_curve.csv``, ``layers.csv`` and three plots in
 directory (plus W&B, offline by default). Under ``torchrun`` each rank simulates every
 ``world_size``-th test batch and the integer counts are summed, so the numbers equal a
 single-process run exactly.
+
+Long runs checkpoint: every ``sim.checkpoint_every`` batches each rank writes its raw counts to
+``eval_state[.rankN].pt`` in the run directory (atomically); ``resume=true`` in the same run
+directory continues from the next batch and gives the numbers of an uninterrupted run.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import time
@@ -19,11 +25,12 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 
 from .checkpoint import default_ckpt_path, load_checkpoint, load_model_weights
 from .config import conversion_config
-from .utils import UserError, atomic_write_text, hydra_run_dir, resolve_device, seed_everything, versions, write_json
+from .utils import (UserError, atomic_torch_save, atomic_write_text, hydra_run_dir, seed_everything,
+                    setup_distributed, versions, write_json)
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +75,13 @@ def check_config(cfg: Mapping) -> Any:
     obj = cfg.get("objective_T")
     if obj is not None and not 1 <= int(obj) <= T:
         raise UserError(f"objective_T={obj} outside 1..T={T}")
+    every, stop = cfg["sim"].get("checkpoint_every", 0), cfg["sim"].get("stop_after_batches")
+    if isinstance(every, bool) or not isinstance(every, int) or every < 0:
+        raise UserError(f"sim.checkpoint_every is a number of batches >= 0 (0: never), got {every!r}")
+    if stop is not None and (isinstance(stop, bool) or not isinstance(stop, int) or stop < 1):
+        raise UserError(f"sim.stop_after_batches is null or a number of batches >= 1, got {stop!r}")
+    if not isinstance(cfg.get("resume", False), bool):
+        raise UserError(f"resume is true or false, got {cfg.get('resume')!r}")
     return conv
 
 
@@ -80,39 +94,83 @@ def conversion_cfg(cfg: Mapping) -> dict:
 
 # ----------------------------------------------------------------------------- distributed
 
-def _dist_setup(device_name: str) -> tuple[int, int, torch.device, bool]:
-    """(rank, world_size, device, created): under torchrun (WORLD_SIZE > 1) joins or creates the
-    process group (``created``: this call initialized it, so the run destroys it at the end)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1, resolve_device(device_name), False
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    device = resolve_device(device_name)
-    if device.type == "cuda":
-        device = torch.device("cuda", local)
-        torch.cuda.set_device(device)
-    created = not dist.is_initialized()
-    if created:
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return dist.get_rank(), dist.get_world_size(), device, created
-
-
 def _all_reduce(t: torch.Tensor) -> torch.Tensor:
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
 
 
-def shard_loader(ds, batch_size: int, rank: int, world: int) -> tuple[DataLoader, list[int]]:
-    """Every ``world``-th batch of the unshuffled split from ``rank`` on, and those batches' indices.
+def shard_loader(ds, batch_size: int, rank: int, world: int, start: int = 0) -> tuple[DataLoader, list[int]]:
+    """Every ``world``-th batch of the unshuffled split from ``rank`` on, and those batches' indices;
+    ``start``: skip this rank's first ``start`` batches (a resumed run).
 
     Whole batches are sharded (not samples), so each batch is exactly the one a single process
     simulates: same samples, same batch size, same SC generator seed.
     """
     n = len(ds)
     batches = [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
-    mine = list(range(rank, len(batches), world))
+    mine = list(range(rank, len(batches), world))[start:]
     return DataLoader(ds, batch_sampler=[batches[i] for i in mine]), mine
+
+
+# ----------------------------------------------------------------------------- checkpoint / resume
+
+# config keys that leave the numbers unchanged: a state written under other values is reusable
+RESULT_NEUTRAL_KEYS = ("resume", "skip_done", "logger", "paths.output_dir", "sim.progress", "sim.tune_malloc",
+                       "sim.checkpoint_every", "sim.stop_after_batches")
+
+
+class StopRequested(RuntimeError):
+    """``sim.stop_after_batches`` ended the run early (a test hook that behaves like a kill)."""
+
+
+def state_path(run_dir: Path, rank: int, world: int) -> Path:
+    """``eval_state.pt`` (one process) or ``eval_state.rank<rank>.pt`` (torchrun) in ``run_dir``."""
+    return run_dir / ("eval_state.pt" if world == 1 else f"eval_state.rank{rank}.pt")
+
+
+def config_fingerprint(resolved: Mapping, world: int) -> str:
+    """sha256 of the resolved config without RESULT_NEUTRAL_KEYS, and of the number of processes."""
+    plain = json.loads(json.dumps(resolved, default=str))
+    for key in RESULT_NEUTRAL_KEYS:
+        *parents, leaf = key.split(".")
+        node = plain
+        for p in parents:
+            node = node.get(p) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    text = json.dumps({"config": plain, "world_size": world}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def weights_fingerprint(model: nn.Module) -> str:
+    """sha256 of the ANN's parameters and buffers (the checkpoint's content, whatever its path)."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def load_eval_state(path: Path, fingerprint: dict, run_dir: Path, world: int,
+                    device: torch.device) -> dict | None:
+    """The state at ``path`` checked against ``fingerprint``; None (start at batch 0) if absent.
+
+    A state of another config, checkpoint or number of processes raises UserError.
+    """
+    if not path.is_file():
+        others = sorted(p.name for p in run_dir.glob("eval_state*.pt"))
+        if others and not any(state_path(run_dir, r, world).is_file() for r in range(world)):
+            raise UserError(f"resume=true: {run_dir} holds {others}, written by a different number of "
+                            f"processes than world_size={world}; resume with the same number")
+        log.warning("resume=true but %s holds no %s: simulating from the first batch", run_dir, path.name)
+        return None
+    state = torch.load(path, map_location=device, weights_only=True)
+    for key, what in (("config", "the resolved config (or number of processes)"), ("weights", "the ANN weights")):
+        if state["fingerprint"][key] != fingerprint[key]:
+            raise UserError(f"resume=true: {path} was written by a run whose {what} differ from this run's; "
+                            f"resume with the original overrides, or delete {path.name} to start over")
+    return state
 
 
 # ----------------------------------------------------------------------------- steps
@@ -186,14 +244,14 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict:
         run_dir = hydra_run_dir() or Path(str(cfg["paths"]["output_dir"])) / "convert_eval" / str(cfg.get("name")) / stamp
     run_dir = Path(run_dir)
     if cfg.get("skip_done") and (run_dir / "metrics.json").is_file():
-        import json
-
         done = json.loads((run_dir / "metrics.json").read_text())
-        if done.get("config") == resolved:
+        # the numbers do not depend on result-neutral keys, nor on the number of processes
+        if config_fingerprint(done.get("config") or {}, 1) == config_fingerprint(resolved, 1):
             log.info("skip_done: %s already holds this run's metrics.json", run_dir)
             return done
 
-    rank, world, device, created_pg = _dist_setup(str(cfg.get("device", "auto")))
+    env, device = setup_distributed(str(cfg.get("device", "auto")))
+    rank, world, created_pg = env.rank, env.world_size, env.owns_group
     seed_everything(seed)
     sim = cfg["sim"]
     if device.type == "cpu" and bool(sim.get("tune_malloc", True)):
@@ -215,18 +273,32 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict:
         sc_p = resolve_sc_p(conv.sc.p, snn.sc_layers(), derived)
         snn.set_sc_p(sc_p)
 
-    loader, batch_ids = shard_loader(bundle.test, int(sim["batch_size"]), rank, world)
     stats, accs = SpikeStats(), AccuracyCurve()
     ann_counts = torch.zeros(2, dtype=torch.int64, device=device)   # correct, total (device: NCCL reduces)
+    every, stop, resume = int(sim.get("checkpoint_every", 0)), sim.get("stop_after_batches"), cfg.get("resume")
+    fingerprint = {"config": config_fingerprint(resolved, world), "weights": weights_fingerprint(model)} \
+        if every or resume else None
+    spath, start = state_path(run_dir, rank, world), 0          # start: batches of this rank in the state
+    state = load_eval_state(spath, fingerprint, run_dir, world, device) if resume else None
+    if state is not None:
+        start = int(state["batches_done"])
+        stats.load_state_tensors(state["spike_stats"])
+        accs.load_state_tensors(state["accuracy"])
+        ann_counts.copy_(state["ann_counts"])
+        log.info("resume: %s holds %d batches of rank %d; continuing at batch %d", spath, start, rank,
+                 state["next_batch"])
+    resumed_images = torch.tensor([int(ann_counts[1])], device=device)
+    loader, batch_ids = shard_loader(bundle.test, int(sim["batch_size"]), rank, world, start=start)
     gen = torch.Generator(device=device)
     bar = None
     if rank == 0 and bool(sim.get("progress", True)):
         from tqdm import tqdm
 
-        bar = tqdm(total=len(bundle.test), desc=f"simulate T={T}", unit="img", dynamic_ncols=True)
+        bar = tqdm(total=len(bundle.test), initial=min(int(ann_counts[1]) * world, len(bundle.test)),
+                   desc=f"simulate T={T}", unit="img", dynamic_ncols=True)
     t_sim = time.perf_counter()
     with torch.no_grad():
-        for b, (x, y) in zip(batch_ids, loader):
+        for i, (b, (x, y)) in enumerate(zip(batch_ids, loader), start=1):
             x, y = x.to(device), y.to(device)
             ann_counts[0] += (model(x).argmax(-1) == y).sum()
             ann_counts[1] += y.shape[0]
@@ -235,10 +307,19 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict:
             msat.simulate(snn, x, T, chunk=int(sim["chunk"]), generator=gen, observers=(stats, accs))
             if bar is not None:
                 bar.update(y.shape[0] * world)
+            if every and (start + i) % every == 0:
+                atomic_torch_save({"batches_done": start + i, "next_batch": b + world, "rank": rank,
+                                   "world_size": world, "fingerprint": fingerprint,
+                                   "spike_stats": {k: v.cpu() for k, v in stats.state_tensors().items()},
+                                   "accuracy": {k: v.cpu() for k, v in accs.state_tensors().items()},
+                                   "ann_counts": ann_counts.cpu()}, spath)
+            if stop is not None and i >= int(stop):
+                raise StopRequested(f"sim.stop_after_batches={stop}: stopped after {i} batches of rank {rank}")
     if bar is not None:
         bar.close()
     sim_seconds = time.perf_counter() - t_sim
     _all_reduce(ann_counts)
+    _all_reduce(resumed_images)
     stats.all_reduce()
     accs.all_reduce()
     if created_pg:
@@ -275,13 +356,16 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict:
         "energy": energy,
         "config": resolved,
         "timing": {"seconds": sim_seconds, "total_seconds": time.perf_counter() - t_start, "images": total,
-                   "steps": T, "image_steps_per_s": total * T / max(sim_seconds, 1e-9), "world_size": world},
+                   "steps": T, "image_steps_per_s": (total - int(resumed_images)) * T / max(sim_seconds, 1e-9),
+                   "world_size": world, "resumed_images": int(resumed_images)},
         "versions": versions(),
     }
     if cfg.get("objective_T") is not None:
         metrics["objective"] = acc[int(cfg["objective_T"]) - 1]
     if rank == 0:
         write_outputs(metrics, run_dir)
+        for r in range(world):                       # the run is complete: its states are stale
+            state_path(run_dir, r, world).unlink(missing_ok=True)
         print(reporting.run_summary(metrics, steps), flush=True)
         log_run(metrics, cfg.get("logger"), run_dir, steps)
     return metrics

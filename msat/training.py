@@ -31,8 +31,8 @@ from .checkpoint import default_ckpt_path, last_ckpt_path, load_checkpoint, save
 from .data import build_data, build_loader, list_datasets
 from .loggers import RunLogger
 from .models import create_model, list_models
-from .utils import (UserError, capture_rng_state, hydra_run_dir, resolve_device, restore_rng_state,
-                    seed_everything, versions)
+from .utils import (DistEnv, UserError, capture_rng_state, hydra_run_dir, restore_rng_state, seed_everything,
+                    setup_distributed, versions)
 
 log = logging.getLogger(__name__)
 
@@ -117,39 +117,6 @@ def lr_factor(epoch: int, epochs: int, warmup_epochs: int = 0) -> float:
 
 
 # ----------------------------------------------------------------------------- distributed
-
-@dataclass
-class DistEnv:
-    """Process-group facts; ``world_size == 1`` means a plain single-process run."""
-    rank: int = 0
-    local_rank: int = 0
-    world_size: int = 1
-    owns_group: bool = False
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def setup_distributed(device_name: str) -> tuple[DistEnv, torch.device]:
-    """Read torchrun's RANK/WORLD_SIZE/LOCAL_RANK; join the group (NCCL on CUDA, else Gloo)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return DistEnv(), resolve_device(device_name)
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    dev = resolve_device(device_name)
-    if dev.type == "cuda":
-        dev = torch.device("cuda", local)
-        torch.cuda.set_device(dev)
-    owns = not dist.is_initialized()
-    if owns:
-        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
-    return DistEnv(rank=rank, local_rank=local, world_size=world, owns_group=owns), dev
-
 
 def _all_reduce_sums(values: list[float], env: DistEnv, device: torch.device) -> list[float]:
     if not env.enabled:

@@ -11,11 +11,13 @@ import random
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 log = logging.getLogger(__name__)
 
@@ -226,3 +228,38 @@ def exit_on_user_error(fn: Callable) -> Callable:
             raise SystemExit(2) from None
 
     return wrapper
+
+
+# ----------------------------------------------------------------------------- distributed
+
+@dataclass
+class DistEnv:
+    """Process-group facts; ``world_size == 1`` means a plain single-process run."""
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    owns_group: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device_name: str) -> tuple[DistEnv, torch.device]:
+    """Read torchrun's RANK/WORLD_SIZE/LOCAL_RANK; join the group (NCCL on CUDA, else Gloo)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistEnv(), resolve_device(device_name)
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    dev = resolve_device(device_name)
+    if dev.type == "cuda":
+        dev = torch.device("cuda", local)
+        torch.cuda.set_device(dev)
+    owns = not dist.is_initialized()
+    if owns:
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+    return DistEnv(rank=rank, local_rank=local, world_size=world, owns_group=owns), dev

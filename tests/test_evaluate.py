@@ -203,3 +203,56 @@ def test_optuna_sweep_maximizes_returned_accuracy(ckpt_dir, tmp_path):
 
     best = OmegaConf.load(out / "optimization_results.yaml").best_value
     assert best == max(t["acc"][3] for t in trials) == max(t["objective"] for t in trials)
+
+
+def test_checkpoint_resume_equals_uninterrupted_run(ckpt_dir, tmp_path):
+    """Stopped after 3 of 8 batches (state at 2), then resume=true: the numbers equal one straight run
+    with SC on (its seeded draws exercised), and the state file is gone once metrics.json exists."""
+    args = ("T=8", "sc=on", "sc.E=4", "sim.batch_size=64", "sim.chunk=3", "sim.checkpoint_every=2")
+    straight = evaluate.run(make_cfg(tmp_path, ckpt_dir, *args), run_dir=tmp_path / "straight")
+    assert not (tmp_path / "straight" / "eval_state.pt").exists()
+    run_dir = tmp_path / "resumed"
+    with pytest.raises(evaluate.StopRequested, match="after 3 batches"):
+        evaluate.run(make_cfg(tmp_path, ckpt_dir, *args, "sim.stop_after_batches=3"), run_dir=run_dir)
+    state = torch.load(run_dir / "eval_state.pt", weights_only=True)
+    assert state["batches_done"] == 2 and state["next_batch"] == 2 and int(state["ann_counts"][1]) == 128
+    assert int(state["accuracy"]["total"]) == 128 and not (run_dir / "metrics.json").exists()
+    with pytest.raises(UserError, match="resolved config"):           # another config never reuses it
+        evaluate.run(make_cfg(tmp_path, ckpt_dir, *args, "seed=1", "resume=true"), run_dir=run_dir)
+    resumed = evaluate.run(make_cfg(tmp_path, ckpt_dir, *args, "resume=true", "sim.checkpoint_every=0"),
+                           run_dir=run_dir)
+    on_disk = json.loads((run_dir / "metrics.json").read_text())
+    for key in ("acc", "layers", "sin_curve", "firing_curve", "energy", "counts", "ann_acc"):
+        assert on_disk[key] == straight[key] == resumed[key], key
+    assert resumed["timing"]["resumed_images"] == 128 and straight["timing"]["resumed_images"] == 0
+    assert not (run_dir / "eval_state.pt").exists()
+
+
+def test_resume_state_checks(ckpt_dir, tmp_path, monkeypatch):
+    """Config keys that leave the numbers unchanged are not fingerprinted; weights and world size are;
+    bad checkpoint settings fail before compute."""
+    cfg = make_cfg(tmp_path, ckpt_dir, "T=4")
+    from omegaconf import OmegaConf
+
+    base = OmegaConf.to_container(cfg, resolve=True)
+    neutral = OmegaConf.to_container(make_cfg(tmp_path / "elsewhere", ckpt_dir, "T=4", "resume=true",
+                                              "sim.checkpoint_every=7", "sim.stop_after_batches=1"), resolve=True)
+    assert evaluate.config_fingerprint(base, 1) == evaluate.config_fingerprint(neutral, 1)
+    assert evaluate.config_fingerprint(base, 1) != evaluate.config_fingerprint(base, 2)
+    other = OmegaConf.to_container(make_cfg(tmp_path, ckpt_dir, "T=4", "sim.batch_size=32"), resolve=True)
+    assert evaluate.config_fingerprint(base, 1) != evaluate.config_fingerprint(other, 1)
+    a, b = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    assert evaluate.weights_fingerprint(a) != evaluate.weights_fingerprint(b)
+    b.load_state_dict(a.state_dict())
+    assert evaluate.weights_fingerprint(a) == evaluate.weights_fingerprint(b)
+    assert evaluate.state_path(tmp_path, 0, 1).name == "eval_state.pt"
+    assert evaluate.state_path(tmp_path, 1, 2).name == "eval_state.rank1.pt"
+    (tmp_path / "eval_state.rank0.pt").write_bytes(b"")                # written by 2 processes
+    with pytest.raises(UserError, match="different number of processes"):
+        evaluate.load_eval_state(tmp_path / "eval_state.pt", {}, tmp_path, 1, torch.device("cpu"))
+    assert evaluate.load_eval_state(tmp_path / "eval_state.rank1.pt", {}, tmp_path, 2, torch.device("cpu")) is None
+    monkeypatch.setattr(msat, "simulate", lambda *a, **k: pytest.fail("simulated despite bad input"))
+    for bad, message in (("sim.checkpoint_every=-1", "checkpoint_every"), ("sim.stop_after_batches=0", "stop_after"),
+                         ("resume=maybe", "resume is true or false")):
+        with pytest.raises(UserError, match=message):
+            evaluate.run(make_cfg(tmp_path, ckpt_dir, bad), run_dir=tmp_path / "r")
