@@ -100,6 +100,14 @@ def _all_reduce(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def check_shards(n: int, batch_size: int, world: int) -> None:
+    """Every rank needs at least one test batch: a rank without any holds no counts to all-reduce."""
+    batches = -(-n // batch_size)
+    if batches < world:
+        raise UserError(f"the test split has {batches} batches of sim.batch_size={batch_size} for "
+                        f"{world} processes; lower sim.batch_size or the number of processes")
+
+
 def shard_loader(ds, batch_size: int, rank: int, world: int, start: int = 0) -> tuple[DataLoader, list[int]]:
     """Every ``world``-th batch of the unshuffled split from ``rank`` on, and those batches' indices;
     ``start``: skip this rank's first ``start`` batches (a resumed run).
@@ -262,6 +270,7 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict:
     ckpt_path = Path(str(cfg["ckpt"])) if cfg.get("ckpt") else default_ckpt_path(cfg)
     ckpt = load_checkpoint(ckpt_path, dataset=cfg["dataset"]["name"], model=cfg["model"]["name"])
     bundle = build_data(_data_cfg(cfg), artifacts=ckpt.get("artifacts") or None)
+    check_shards(len(bundle.test), int(sim["batch_size"]), world)
     model = load_ann(cfg, bundle, ckpt, device)
 
     x_cal = calibration_batch(cfg, bundle, seed).to(device)

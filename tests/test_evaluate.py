@@ -256,3 +256,11 @@ def test_resume_state_checks(ckpt_dir, tmp_path, monkeypatch):
                          ("resume=maybe", "resume is true or false")):
         with pytest.raises(UserError, match=message):
             evaluate.run(make_cfg(tmp_path, ckpt_dir, bad), run_dir=tmp_path / "r")
+
+
+def test_every_rank_needs_a_test_batch():
+    """A split with fewer batches than processes is refused before compute (no rank without counts)."""
+    evaluate.check_shards(450, 64, 2)                       # 8 batches for 2 ranks: fine
+    evaluate.check_shards(65, 64, 2)                        # 2 batches: one each
+    with pytest.raises(UserError, match="2 processes"):
+        evaluate.check_shards(64, 64, 2)
