@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .utils import UserError
+from .utils import UserError, to_plain
 
 
 class ConfigError(UserError, ValueError):
@@ -90,17 +90,6 @@ _GROUPS = {"neuron": NeuronConfig, "calib": CalibConfig, "sc": SCConfig}
 _LABEL_KEY = "name"
 
 
-def _to_plain(obj: Any) -> Any:
-    """DictConfig/ListConfig -> plain containers (resolved); other objects unchanged."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-    except ImportError:  # pragma: no cover - omegaconf is a dependency
-        return obj
-    if isinstance(obj, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(obj, resolve=True)
-    return obj
-
-
 def _coerce(group: str, key: str, value: Any, typ: Any) -> Any:
     where = f"{group}.{key}"
     if typ in (bool, "bool"):
@@ -123,7 +112,7 @@ def _coerce(group: str, key: str, value: Any, typ: Any) -> Any:
 
 
 def _build(group: str, cls: type, raw: Any) -> Any:
-    raw = _to_plain(raw)
+    raw = to_plain(raw)
     if raw is None:
         raw = {}
     if not isinstance(raw, Mapping):
@@ -178,7 +167,7 @@ def _validate(cfg: ConversionConfig) -> None:
 
 
 def _pool_name(raw: Any) -> str:
-    raw = _to_plain(raw)
+    raw = to_plain(raw)
     if raw is None:
         return "lipool"
     if isinstance(raw, Mapping):
@@ -199,7 +188,7 @@ def conversion_config(cfg: Any = None) -> ConversionConfig:
     """
     if isinstance(cfg, ConversionConfig):
         cfg = dataclasses.asdict(cfg)
-    cfg = _to_plain(cfg)
+    cfg = to_plain(cfg)
     if cfg is None:
         cfg = {}
     if not isinstance(cfg, Mapping):

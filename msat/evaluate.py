@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 from .checkpoint import default_ckpt_path, load_checkpoint, load_model_weights
 from .config import conversion_config
 from .utils import (UserError, atomic_torch_save, atomic_write_text, hydra_run_dir, seed_everything,
-                    setup_distributed, versions, write_json)
+                    setup_distributed, to_plain, versions, write_json)
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def check_config(cfg: Mapping) -> Any:
 
 def conversion_cfg(cfg: Mapping) -> dict:
     """The mapping ``msat.convert`` takes: groups neuron, calib (without the loader keys), sc, pool."""
-    plain = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    plain = dict(to_plain(cfg))
     calib = {k: v for k, v in dict(plain.get("calib") or {}).items() if k not in CALIB_LOADER_KEYS}
     return {"neuron": plain.get("neuron"), "calib": calib, "sc": plain.get("sc"), "pool": plain.get("pool")}
 
@@ -246,7 +246,7 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict:
     T = int(cfg["T"])
     steps = report_steps(T, cfg.get("report_T"))
     seed = int(cfg.get("seed", 0))
-    resolved = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    resolved = dict(to_plain(cfg))
     if run_dir is None:
         stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
         run_dir = hydra_run_dir() or Path(str(cfg["paths"]["output_dir"])) / "convert_eval" / str(cfg.get("name")) / stamp
@@ -387,7 +387,7 @@ def log_run(metrics: dict, cfg_logger: Any, run_dir: Path, steps: list[int]) -> 
     """W&B (offline by default) and local files: the accuracy curve by step, layers.csv, energy."""
     from .loggers import RunLogger
 
-    cfg_logger = OmegaConf.to_container(cfg_logger, resolve=True) if isinstance(cfg_logger, DictConfig) else cfg_logger
+    cfg_logger = to_plain(cfg_logger)
     e = metrics["energy"]
     with RunLogger(cfg_logger, run_dir, config_dict=metrics["config"]) as rl:
         for t, a in enumerate(metrics["acc"], start=1):

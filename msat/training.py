@@ -32,7 +32,7 @@ from .data import build_data, build_loader, list_datasets
 from .loggers import RunLogger
 from .models import create_model, list_models
 from .utils import (DistEnv, UserError, capture_rng_state, hydra_run_dir, restore_rng_state, seed_everything,
-                    setup_distributed, versions)
+                    setup_distributed, to_plain, versions)
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class TrainConfig:
 
 def train_config(node: Mapping | None) -> TrainConfig:
     """Validate the ``train`` node: unknown keys and out-of-range values raise :class:`UserError`."""
-    d = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
+    d = dict(to_plain(node) or {})
     fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(d) - set(fields))
     if unknown:

@@ -18,6 +18,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 import torch.distributed as dist
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,13 @@ class UserError(Exception):
 
 class UnknownNameError(UserError, ValueError):
     """An unknown model, dataset or option name; the message lists the valid ones."""
+
+
+def to_plain(obj: Any) -> Any:
+    """DictConfig/ListConfig -> plain, resolved containers; any other object is returned unchanged."""
+    if isinstance(obj, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(obj, resolve=True)
+    return obj
 
 
 # ----------------------------------------------------------------------------- seeding, devices

@@ -15,6 +15,7 @@ from typing import Iterable, Sequence
 import torch
 from torch.utils.data import TensorDataset
 
+from ..utils import atomic_write_text
 from .base import DataBundle, dataset_root, unavailable
 
 PAD, UNK = "<pad>", "<unk>"
@@ -62,11 +63,7 @@ def _read_jsonl(path: str) -> tuple[list[str], list[int]]:
 
 
 def _write_jsonl(path: str, texts: Sequence[str], labels: Sequence[int]) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for text, label in zip(texts, labels):
-            f.write(json.dumps({"text": text, "label": int(label)}) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(json.dumps({"text": t, "label": int(y)}) + "\n" for t, y in zip(texts, labels)))
 
 
 def _download(root: str) -> None:
