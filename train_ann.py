@@ -1,11 +1,15 @@
-"""Train an ANN (the conversion source). See conf/train_ann.yaml for usage; `--help` lists options."""
+"""Train an ANN (the conversion source): ``python train_ann.py dataset=cifar10 model=vgg16``."""
 import hydra
 from omegaconf import DictConfig
 
-from msat.utils import exit_on_user_error
+from msat.cli import exit_on_user_error, run_cli
+from msat.config import TrainRunConfig
+from msat.hydra_schema import register
+
+register()
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="train_ann")
+@hydra.main(config_path="conf", config_name="train_ann", version_base="1.3")
 @exit_on_user_error
 def main(cfg: DictConfig) -> float:
     from msat.training import train
@@ -14,4 +18,4 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, TrainRunConfig)

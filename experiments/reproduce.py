@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import os
 import subprocess
 import sys
@@ -27,14 +26,17 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from msat import reporting as rp
+from msat.hydra_schema import register
+from msat.runs import load_run
 from msat.utils import UserError, atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
+register()                                        # the schemas and method nodes composing conf/ needs
 SMOKE_T = 8
 SMOKE_E = 4                                       # SC steps in smoke runs (E <= T)
-SMOKE_DATASETS = {"cifar10": "synthetic_cifar", "cifar100": "synthetic_cifar", "imagenet": "synthetic_imagenet",
+SMOKE_DATASETS = {"cifar10": "synthetic_cifar", "cifar100": "synthetic_cifar100", "imagenet": "synthetic_imagenet",
                   "imdb": "synthetic_imdb", "speech_commands": "synthetic_speech", "digits": "digits"}
-SMOKE_SIZES = {"synthetic_cifar": (32, 8), "synthetic_imagenet": (8, 4), "synthetic_imdb": (64, 16),
+SMOKE_SIZES = {"synthetic_cifar": (32, 8), "synthetic_cifar100": (32, 8), "synthetic_imagenet": (8, 4), "synthetic_imdb": (64, 16),
                "synthetic_speech": (36, 8), "digits": None}
 PAPER_T = (16, 32, 64, 128, 256)
 DATASET_LABEL = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "imagenet": "ImageNet", "imdb": "IMDB",
@@ -44,7 +46,11 @@ MODEL_LABEL = {"vgg16": "VGG16", "resnet20": "ResNet20", "resnet34": "ResNet34",
 
 @dataclass
 class Context:
-    """What an aggregator sees: the runs' metrics, each experiment's paper dataset/model, the figure path."""
+    """What an aggregator sees: the runs' metrics, the target's (paper dataset, model) cells, the figure path.
+
+    Runs are identified by what they ran (paper dataset, model, method, units), read from their
+    ``metrics.json``, never by experiment or directory names.
+    """
 
     target: str
     runs: list[dict]
@@ -52,20 +58,27 @@ class Context:
     smoke: bool
     figure: Path
 
-    def run(self, name: str, **conf: Any) -> dict | None:
-        """The run of experiment ``name`` whose config matches ``conf`` (dotted keys as ``a__b``)."""
-        for r in self.runs:
-            if r.get("name") != name:
-                continue
-            if all(_get(r["config"], k.replace("__", ".")) == v for k, v in conf.items()):
-                return r
-        return None
+    def find(self, dataset: str, model: str, method: str, units: str | None = None) -> dict | None:
+        """The one run of ``method`` on (paper ``dataset``, ``model``), optionally in ``units``; None if absent."""
+        hits = [r for r in self.runs if paper_dataset(r) == dataset and r["model"] == model
+                and r["method"]["name"] == method
+                and (units is None or r["method"]["conversion"]["neuron"]["units"] == units)]
+        if len(hits) > 1:
+            raise RuntimeError(f"{self.target}: {len(hits)} runs of {method} on {dataset}/{model} "
+                               f"(units {units}); expected one")
+        return hits[0] if hits else None
+
+    def pairs(self) -> list[tuple[str, str]]:
+        """The distinct (paper dataset, model) cells, in the target's order."""
+        return list(dict.fromkeys(self.cells.values()))
 
 
-def _get(d: Mapping, dotted: str) -> Any:
-    for k in dotted.split("."):
-        d = d.get(k) if isinstance(d, Mapping) else None
-    return d
+SMOKE_PAPER = {v: k for k, v in SMOKE_DATASETS.items() if k != "digits"}
+
+
+def paper_dataset(run: Mapping) -> str:
+    """The paper dataset a run stands for (a smoke run's synthetic stand-in maps back to it)."""
+    return SMOKE_PAPER.get(run["dataset"], run["dataset"])
 
 
 def acc_at(run: dict | None, t: int) -> float | None:
@@ -79,17 +92,19 @@ def table_steps(T: int) -> list[int]:
     return steps or [t for t in (1, 4, 8, 16) if t <= T]
 
 
-def variant(cfg: Mapping) -> str:
-    """A short label of a run's neuron / SC configuration (fixed, 0.2 Vth, DTT, DET, MSAT, burst; + SC)."""
-    n, sc = cfg["neuron"], cfg["sc"]
-    if n["threshold"] == "fixed":
-        label = "burst" if int(n["gamma"]) > 1 else ("fixed" if float(n["k"]) == 1.0 else f"{float(n['k']):g} Vth")
-    else:
-        label = {(True, True): "MSAT", (True, False): "DTT", (False, True): "DET"}.get(
-            (bool(n["use_dtt"]), bool(n["use_det"])), "MSAT (no DTT/DET)")
-    if sc["enabled"]:
-        label += " + SC" + (" (filtered)" if sc["reset"] == "filtered" else "")
-    return label
+def label(run: Mapping) -> str:
+    """A run's method as tables and plots name it (``Method.describe``)."""
+    return run["method"]["label"]
+
+
+def neuron_of(run: Mapping) -> Mapping:
+    return run["method"]["conversion"]["neuron"]
+
+
+def authors_run(run: Mapping) -> str:
+    """The authors' run name matching what ``run`` ran (their published curves)."""
+    m = run["method"]
+    return rp.authors_run_name(m["dynamics"], m["conversion"]["neuron"], m["conversion"]["sc"])
 
 
 def _paper_num(row: dict | None, key: str) -> str:
@@ -108,25 +123,27 @@ def _label(ds: str, m: str) -> tuple[str, str]:
     return MODEL_LABEL.get(m, m), DATASET_LABEL.get(ds, ds)
 
 
+def _loss(run: dict | None) -> float | None:
+    return None if run is None else run["ann_acc"] - run["acc"][-1]
+
+
+def _steps(run: dict | None) -> Any:
+    return None if run is None else run["steps_to_lossless"]
+
+
 # ----------------------------------------------------------------------------- aggregators
 
 def agg_table3(ctx: Context) -> str:
-    """VGG16 / ResNet20 x CIFAR-10/100, MSAT: ANN, SNN, loss, steps to lossless, beside paper and authors."""
-    rows = []
-    T = None
-    for name, (ds, m) in ctx.cells.items():
-        if name.endswith("_normalized"):
-            continue
-        raw, norm = ctx.run(name), ctx.run(name + "_normalized")
+    """VGG16 / ResNet20 x CIFAR-10/100, MSAT + SC: ANN, SNN, loss, steps to lossless, beside paper and authors."""
+    rows, T = [], None
+    for ds, m in ctx.pairs():
+        raw, norm = ctx.find(ds, m, "msat_sc", "raw"), ctx.find(ds, m, "msat_sc", "normalized")
         T = len(raw["acc"]) if raw else T
         paper = rp.paper_row(3, "MSAT", ds, m)
-        cfg = raw["config"] if raw else {"neuron": {"threshold": "msat"}, "sc": {"enabled": True}}
-        curve = rp.authors_curve(ds, m, rp.authors_run_name(cfg["neuron"], cfg["sc"]))
+        curve = rp.authors_curve(ds, m, authors_run(raw)) if raw else None
         paper_ann = float(paper["ann_acc"]) if paper else None
-        rows.append([*_label(ds, m),
-                     rp.pct(raw and raw["ann_acc"]), rp.pct(acc_at(raw, T)),
-                     rp.pct(raw and raw["ann_acc"] - raw["acc"][-1]), raw and raw["steps_to_lossless"],
-                     rp.pct(acc_at(norm, T)), norm and norm["steps_to_lossless"],
+        rows.append([*_label(ds, m), rp.pct(raw and raw["ann_acc"]), rp.pct(acc_at(raw, T)), rp.pct(_loss(raw)),
+                     _steps(raw), rp.pct(acc_at(norm, T)), _steps(norm),
                      _paper_num(paper, "ann_acc"), _paper_num(paper, "snn_acc"), _paper_num(paper, "loss"),
                      _paper_num(paper, "steps"),
                      rp.fmt(curve.get(256)) if curve else rp.NA, _authors_steps(curve, paper_ann)])
@@ -138,25 +155,22 @@ def agg_table3(ctx: Context) -> str:
             + rp.markdown_table(head, rows))
 
 
-def _curve_rows(ctx: Context, entries: Sequence[tuple[str, dict | None]], steps: Sequence[int]) -> list[list]:
-    return [[label, *[rp.pct(acc_at(r, t)) for t in steps]] for label, r in entries]
-
-
 def agg_table4(ctx: Context) -> str:
     """VGG16 CIFAR-10: fixed threshold vs MSAT at T = 16..256, beside the paper's rows and the authors' curves."""
-    fixed, msat, norm = ctx.run("table4_fixed"), ctx.run("table4_msat"), ctx.run("table4_msat_normalized")
+    fixed = ctx.find("cifar10", "vgg16", "if_max")
+    msat, norm = ctx.find("cifar10", "vgg16", "msat_sc", "raw"), ctx.find("cifar10", "vgg16", "msat_sc", "normalized")
     T = max(len(r["acc"]) for r in (fixed, msat, norm) if r)
     steps = table_steps(T)
-    rows = _curve_rows(ctx, [("fixed threshold (measured)", fixed), ("MSAT + SC, raw (measured)", msat),
-                             ("MSAT + SC, normalized (measured)", norm)], steps)
+    rows = [[name, *[rp.pct(acc_at(r, t)) for t in steps]] for name, r in
+            (("fixed threshold (measured)", fixed), ("MSAT + SC, raw (measured)", msat),
+             ("MSAT + SC, normalized (measured)", norm))]
     for method in ("Calibration", "DTIF", "MSAT"):
         note = rp.parse_note((rp.paper_row(4, method, "cifar10", "vgg16") or {}).get("note"))
         rows.append([f"{method} (paper)", *[note.get(f"T{t}", rp.NA) for t in steps]])
-    for label, cfg in (("fixed", {"threshold": "fixed", "k": 1.0}), ("MSAT + SC", {"threshold": "msat"})):
-        curve = rp.authors_curve("cifar10", "vgg16", rp.authors_run_name(cfg, {"enabled": label != "fixed"}))
-        rows.append([f"{label} (authors)", *[rp.fmt(curve.get(t)) if curve else rp.NA for t in steps]])
-    series = {variant(r["config"]) + f" ({r['config']['neuron']['units']})": [100 * a for a in r["acc"]]
-              for r in (fixed, msat, norm) if r}
+    for name, r in (("fixed", fixed), ("MSAT + SC", msat)):
+        curve = rp.authors_curve("cifar10", "vgg16", authors_run(r)) if r else None
+        rows.append([f"{name} (authors)", *[rp.fmt(curve.get(t)) if curve else rp.NA for t in steps]])
+    series = {f"{label(r)} ({neuron_of(r)['units']})": [100 * a for a in r["acc"]] for r in (fixed, msat, norm) if r}
     rp.plot_curves(series, ctx.figure, title="VGG16 CIFAR-10: accuracy vs T",
                    hlines={"ANN": 100 * msat["ann_acc"]} if msat else None)
     return ("CIFAR-10 / VGG16, accuracy (%) at T.\n\n"
@@ -165,13 +179,12 @@ def agg_table4(ctx: Context) -> str:
 
 
 def agg_table5(ctx: Context) -> str:
-    """ResNet34 ImageNet, MSAT."""
-    raw, norm = ctx.run("table5_msat"), ctx.run("table5_msat_normalized")
+    """ResNet34 ImageNet, MSAT + SC."""
+    raw, norm = ctx.find("imagenet", "resnet34", "msat_sc", "raw"), ctx.find("imagenet", "resnet34", "msat_sc", "normalized")
     paper = rp.paper_row(5, "MSAT", "imagenet", "resnet34")
     T = len(raw["acc"]) if raw else len(norm["acc"]) if norm else 0
-    rows = [["ResNet34", "ImageNet", rp.pct(raw and raw["ann_acc"]), rp.pct(acc_at(raw, T)),
-             rp.pct(raw and raw["ann_acc"] - raw["acc"][-1]), raw and raw["steps_to_lossless"],
-             rp.pct(acc_at(norm, T)), _paper_num(paper, "ann_acc"), _paper_num(paper, "snn_acc"),
+    rows = [["ResNet34", "ImageNet", rp.pct(raw and raw["ann_acc"]), rp.pct(acc_at(raw, T)), rp.pct(_loss(raw)),
+             _steps(raw), rp.pct(acc_at(norm, T)), _paper_num(paper, "ann_acc"), _paper_num(paper, "snn_acc"),
              _paper_num(paper, "loss"), _paper_num(paper, "steps")]]
     head = ["Model", "Dataset", "ANN (%)", f"SNN T={T} (%)", "loss (pp)", "steps to lossless",
             f"SNN normalized T={T} (%)", "paper ANN", "paper SNN", "paper loss", "paper steps"]
@@ -181,16 +194,18 @@ def agg_table5(ctx: Context) -> str:
 
 
 def agg_table6(ctx: Context) -> str:
-    """IMDB BiLSTM and Speech Commands M5: fixed threshold (the paper's RMP-SNN row) vs MSAT."""
+    """IMDB BiLSTM and Speech Commands M5: fixed threshold (the paper's RMP-SNN row) vs MSAT + SC."""
     rows = []
-    for name, (ds, m) in ctx.cells.items():
-        r = ctx.run(name)
-        method = "MSAT + SC" + (" normalized" if name.endswith("_normalized") else "") if "msat" in name else "fixed"
-        paper = rp.paper_row(6, "MSAT" if "msat" in name else "RMP-SNN", ds, m)
-        T = len(r["acc"]) if r else 0
-        rows.append([*_label(ds, m), method, rp.pct(r and r["ann_acc"]), rp.pct(acc_at(r, T)), T or rp.NA,
-                     r and r["steps_to_lossless"], _paper_num(paper, "ann_acc"), _paper_num(paper, "snn_acc"),
-                     _paper_num(paper, "steps")])
+    for ds, m in ctx.pairs():
+        for name, method, units, paper_method in (("fixed", "if_max", None, "RMP-SNN"),
+                                                  ("MSAT + SC", "msat_sc", "raw", "MSAT"),
+                                                  ("MSAT + SC normalized", "msat_sc", "normalized", "MSAT")):
+            r = ctx.find(ds, m, method, units)
+            paper = rp.paper_row(6, paper_method, ds, m)
+            T = len(r["acc"]) if r else 0
+            rows.append([*_label(ds, m), name, rp.pct(r and r["ann_acc"]), rp.pct(acc_at(r, T)), T or rp.NA,
+                         _steps(r), _paper_num(paper, "ann_acc"), _paper_num(paper, "snn_acc"),
+                         _paper_num(paper, "steps")])
     head = ["Model", "Dataset", "Method", "ANN (%)", "SNN (%)", "T", "steps to lossless", "paper ANN",
             "paper SNN", "paper steps"]
     return ("The paper's RMP-SNN rows are the fixed threshold with soft reset. The BiLSTM encoder stays analog; "
@@ -201,16 +216,14 @@ def agg_table6(ctx: Context) -> str:
 def agg_table7(ctx: Context) -> str:
     """SC ablation: ANS of the last spiking layer at t = E and accuracy at T = 32, without and with SC."""
     rows = []
-    for name, (ds, m) in ctx.cells.items():
-        for sc_label, cond, paper_method in (("w/o SC", {"sc__enabled": False}, "MSAT w/o SC"),
-                                             ("w/ SC (emitted)", {"sc__enabled": True, "sc__reset": "emitted"},
-                                              "MSAT w/ SC"),
-                                             ("w/ SC (filtered)", {"sc__enabled": True, "sc__reset": "filtered"},
-                                              None)):
-            r = ctx.run(name, **cond)
+    for ds, m in ctx.pairs():
+        for sc_label, method, paper_method in (("w/o SC", "msat", "MSAT w/o SC"),
+                                               ("w/ SC (emitted)", "msat_sc", "MSAT w/ SC"),
+                                               ("w/ SC (filtered)", "msat_sc_filtered", None)):
+            r = ctx.find(ds, m, method)
             T = min(32, len(r["acc"])) if r else 32
             paper = rp.paper_row(7, paper_method, ds, m) if paper_method else None
-            run = rp.authors_run_name({"threshold": "msat"}, {"enabled": cond["sc__enabled"]})
+            run = rp.authors_run_name("msat", {}, {"enabled": method != "msat"})
             ans = rp.authors_layer_stat(ds, m, run, "avg_error_spikenum")
             curve = rp.authors_curve(ds, m, run)
             rows.append([*_label(ds, m), sc_label, rp.fmt(r and r["layers"][-1]["ans"], 3),
@@ -234,11 +247,11 @@ def _energy_split(e: Mapping) -> tuple[float, float, float]:
 
 
 def agg_table8(ctx: Context) -> str:
-    """Energy, VGG16 CIFAR-100, T = 64: burst spikes vs MSAT."""
+    """Energy, VGG16 CIFAR-100, T = 64: burst spikes vs MSAT + SC."""
     rows = []
-    for name, method in (("table8_burst", "Burst"), ("table8_msat", "MSAT")):
-        r = ctx.run(name)
-        note = rp.parse_note((rp.paper_row(8, method, "cifar100", "vgg16") or {}).get("note"))
+    for method, paper_method in (("burst", "Burst"), ("msat_sc", "MSAT")):
+        r = ctx.find("cifar100", "vgg16", method)
+        note = rp.parse_note((rp.paper_row(8, paper_method, "cifar100", "vgg16") or {}).get("note"))
         if r:
             e = r["energy"]
             op1, ann_rest, snn_rest = _energy_split(e)
@@ -246,7 +259,7 @@ def agg_table8(ctx: Context) -> str:
                         rp.fmt(e["ratio"], 3), rp.pct(r["acc"][-1])]
         else:
             measured = [rp.NA] * 6
-        rows.append([method, *measured, note.get("mean_firing_rate", rp.NA), note.get("OP1", rp.NA),
+        rows.append([paper_method, *measured, note.get("mean_firing_rate", rp.NA), note.get("OP1", rp.NA),
                      note.get("OPann_rest", rp.NA), note.get("OPsnn_rest", rp.NA), note.get("energy_ratio", rp.NA)])
     head = ["Method", "mean firing rate", "OP_1", "OP_ANN l>=2", "OP_SNN l>=2", "energy ratio", "acc (%)",
             "paper rate", "paper OP_1", "paper OP_ANN l>=2", "paper OP_SNN l>=2", "paper ratio"]
@@ -257,13 +270,13 @@ def agg_table8(ctx: Context) -> str:
 def agg_fig2(ctx: Context) -> str:
     """SIN ratio per layer over t (CIFAR-100, VGG16 and ResNet20), authors' SINRate at t = 16 beside."""
     panels, parts = [], []
-    for name, (ds, m) in ctx.cells.items():
-        r = ctx.run(name)
+    for ds, m in ctx.pairs():
+        r = ctx.find(ds, m, "msat")
         if r is None:
-            parts.append(f"{name}: run missing\n")
+            parts.append(f"{ds} / {m}: run missing\n")
             continue
         panels.append({"series": r["sin_curve"], "ylabel": "SIN ratio", "title": f"{_label(ds, m)[0]} {ds}"})
-        ref = rp.authors_layer_stat(ds, m, rp.authors_run_name(r["config"]["neuron"], r["config"]["sc"]), "SINRate")
+        ref = rp.authors_layer_stat(ds, m, authors_run(r), "SINRate")
         T = len(r["acc"])
         ts = [t for t in (16, 32, T) if t <= T]
         rows = [[i + 1, n, *[rp.fmt(r["sin_curve"][n][t - 1], 3) for t in ts],
@@ -276,55 +289,53 @@ def agg_fig2(ctx: Context) -> str:
             + "\n".join(parts) + f"\n![SIN ratio]({ctx.figure.name})\n")
 
 
-def _fig_curves(ctx: Context, groups: Sequence[dict], title: str, shade: bool = False) -> str:
-    """Accuracy-curve panels (one per experiment) and a table of accuracy at the paper's T."""
+def _fig_curves(ctx: Context, methods: Sequence[str], title: str, shade: bool = False) -> str:
+    """Accuracy-curve panels (one per cell) and a table of accuracy at the paper's T, for ``methods``."""
     panels, rows = [], []
-    for name, (ds, m) in ctx.cells.items():
-        runs = [ctx.run(name, **g) for g in groups]
-        runs = [r for r in runs if r]
+    for ds, m in ctx.pairs():
+        runs = [r for r in (ctx.find(ds, m, meth) for meth in methods) if r]
         if not runs:
             continue
         T = len(runs[0]["acc"])
         steps = table_steps(T)
         refs = {}
         for r in runs:
-            lab = variant(r["config"])
-            rows.append([*_label(ds, m), lab, *[rp.pct(acc_at(r, t)) for t in steps]])
-            curve = rp.authors_curve(ds, m, rp.authors_run_name(r["config"]["neuron"], r["config"]["sc"]))
+            rows.append([*_label(ds, m), label(r), *[rp.pct(acc_at(r, t)) for t in steps]])
+            curve = rp.authors_curve(ds, m, authors_run(r))
             if curve:
-                refs[f"{lab} (authors)"] = {t: v for t, v in curve.items() if t <= max(T, 256)}
-                rows.append([*_label(ds, m), f"{lab} (authors)", *[rp.fmt(curve.get(t)) for t in steps]])
-        sc_e = runs[0]["config"]["sc"]["E"] if shade else None
-        panels.append({"series": {variant(r["config"]): [100 * a for a in r["acc"]] for r in runs},
+                refs[f"{label(r)} (authors)"] = {t: v for t, v in curve.items() if t <= max(T, 256)}
+                rows.append([*_label(ds, m), f"{label(r)} (authors)", *[rp.fmt(curve.get(t)) for t in steps]])
+        sc_e = runs[0]["method"]["conversion"]["sc"]["E"] if shade else None
+        panels.append({"series": {label(r): [100 * a for a in r["acc"]] for r in runs},
                        "hlines": {"ANN": 100 * runs[0]["ann_acc"]}, "refs": refs if not ctx.smoke else None,
                        "title": f"{' / '.join(_label(ds, m))}", "shade_before": sc_e})
     if panels:
         rp.plot_panels(panels, ctx.figure)
     steps = table_steps(max((len(r["acc"]) for r in ctx.runs), default=SMOKE_T))
-    return (title + "\n\n" + rp.markdown_table(["Model", "Dataset", "Neuron", *[f"T={t}" for t in steps]], rows)
+    return (title + "\n\n" + rp.markdown_table(["Model", "Dataset", "Method", *[f"T={t}" for t in steps]], rows)
             + f"\n![accuracy curves]({ctx.figure.name})\n")
+
+
+FIG5_METHODS = ("if_max", "vth_scaled", "msat_dtt", "msat_det", "msat")
+FIG6_METHODS = ("msat", "msat_sc")
+TABLE7_METHODS = ("msat", "msat_sc", "msat_sc_filtered")
 
 
 def agg_fig5(ctx: Context) -> str:
     """Fixed, 0.2 Vth, DTT, DET and MSAT accuracy curves."""
-    groups = [{"neuron__threshold": "fixed", "neuron__k": 1.0}, {"neuron__threshold": "fixed", "neuron__k": 0.2},
-              {"neuron__threshold": "msat", "neuron__use_dtt": True, "neuron__use_det": False},
-              {"neuron__threshold": "msat", "neuron__use_dtt": False, "neuron__use_det": True},
-              {"neuron__threshold": "msat", "neuron__use_dtt": True, "neuron__use_det": True}]
-    return _fig_curves(ctx, groups, "Accuracy (%) after T steps without SC; dashed: the authors' curves.")
+    return _fig_curves(ctx, FIG5_METHODS, "Accuracy (%) after T steps without SC; dashed: the authors' curves.")
 
 
 def agg_fig6(ctx: Context) -> str:
     """MSAT with and without spike confidence; the green band marks the SC steps."""
-    return _fig_curves(ctx, [{"sc__enabled": False}, {"sc__enabled": True}],
-                       "MSAT accuracy (%) without and with SC (green band: t < E).", shade=True)
+    return _fig_curves(ctx, FIG6_METHODS, "MSAT accuracy (%) without and with SC (green band: t < E).", shade=True)
 
 
 def agg_fig7(ctx: Context) -> str:
     """Firing rate per layer, VGG16 CIFAR-100, T = 64."""
-    r = ctx.run("fig7_msat")
+    r = ctx.find("cifar100", "vgg16", "msat_sc")
     if r is None:
-        return "fig7_msat: run missing\n"
+        return "cifar100 / vgg16 msat_sc: run missing\n"
     rp.plot_firing_rate(r["layers"], ctx.figure, title="VGG16 CIFAR-100: firing rate per layer")
     rows = [[i + 1, L["name"], rp.fmt(L["firing_rate"], 4)] for i, L in enumerate(r["layers"])]
     note = rp.parse_note((rp.paper_row(8, "MSAT", "cifar100", "vgg16") or {}).get("note"))
@@ -335,7 +346,7 @@ def agg_fig7(ctx: Context) -> str:
 
 def agg_demo(ctx: Context) -> str:
     """Fixed threshold vs MSAT on digits: accuracy vs T and steps to the ANN accuracy minus 0.5 pp."""
-    fixed, msat = ctx.run("demo_fixed"), ctx.run("demo_msat")
+    fixed, msat = ctx.find("digits", "digits_cnn", "if_max"), ctx.find("digits", "digits_cnn", "msat")
     T = len(msat["acc"])
     steps = [t for t in (1, 2, 4, 8, 16, 32, 64, 128, 256) if t <= T]
     rows = [[t, rp.pct(fixed["ann_acc"]), rp.pct(acc_at(fixed, t)), rp.pct(acc_at(msat, t))] for t in steps]
@@ -386,15 +397,15 @@ TARGETS: dict[str, Target] = {
         f"table6_{d}_{v}" for d in ("imdb", "speech") for v in ("fixed", "msat", "msat_normalized")), agg_table6,
                      runtime="~1 h (+ training ~1 h)"),
     "table7": Target("Table 7: spike confidence ablation (ANS, accuracy at T = 32)", _cells("table7"), agg_table7,
-                     sweep=("sc=off,on,filtered",), runtime="~20 min"),
+                     sweep=("method=" + ",".join(TABLE7_METHODS),), runtime="~20 min"),
     "table8": Target("Table 8: energy, VGG16 CIFAR-100, T = 64", ("table8_burst", "table8_msat"), agg_table8,
                      runtime="~10 min"),
     "fig2": Target("Fig. 2: SIN ratio per layer over t (CIFAR-100)", ("fig2_vgg16", "fig2_resnet20"), agg_fig2,
                    runtime="~30 min"),
     "fig5": Target("Fig. 5: fixed, 0.2 Vth, DTT, DET and MSAT accuracy curves", _cells("fig5"), agg_fig5,
-                   sweep=("neuron=fixed,scaled,dtt,det,msat",), runtime="~5 h"),
+                   sweep=("method=" + ",".join(FIG5_METHODS),), runtime="~5 h"),
     "fig6": Target("Fig. 6: accuracy with and without spike confidence", _cells("fig6"), agg_fig6,
-                   sweep=("sc=off,on",), runtime="~40 min"),
+                   sweep=("method=" + ",".join(FIG6_METHODS),), runtime="~40 min"),
     "fig7": Target("Fig. 7: firing rate per layer (VGG16 CIFAR-100, T = 64)", ("fig7_msat",), agg_fig7,
                    runtime="~5 min"),
 }
@@ -422,16 +433,16 @@ def smoke_wrapper(name: str, dataset: str) -> str:
             f"{size_lines}")
 
 
-def _show(path: Path) -> str:
+def show_path(path: Path) -> str:
     """A path relative to the repository when it lies inside it."""
     return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
 
 
-def _python() -> str:
+def python_exe() -> str:
     return os.environ.get("PYTHON", sys.executable)
 
 
-def _run(cmd: list[str], what: str) -> None:
+def run_cmd(cmd: list[str], what: str) -> None:
     print("+ " + " ".join(cmd), flush=True)
     proc = subprocess.run(cmd, cwd=REPO)
     if proc.returncode != 0:
@@ -444,13 +455,13 @@ def train_missing(pairs: Sequence[tuple[str, str]], ckpt_dir: Path, work: Path, 
     missing = [(d, m) for d, m in pairs if not (ckpt_dir / f"{d}_{m}.pt").is_file()]
     for ds, group in itertools.groupby(sorted(missing), key=lambda p: p[0]):
         models = ",".join(m for _, m in group)
-        cmd = [_python(), "train_ann.py", "-m", f"dataset={ds}", f"model={models}", f"paths.ckpt_dir={ckpt_dir}",
+        cmd = [python_exe(), "train_ann.py", "-m", f"dataset={ds}", f"model={models}", f"paths.ckpt_dir={ckpt_dir}",
                f"hydra.sweep.dir={work / 'train' / ds}", *extra]
         if smoke:
             sizes = SMOKE_SIZES.get(ds)
             cmd += ["train=smoke", "train.ckpt_path=null", "logger=none"]
             cmd += [f"dataset.n_train={sizes[0]}", f"dataset.n_test={sizes[1]}"] if sizes else []
-        _run(cmd, f"training {ds} / {models}")
+        run_cmd(cmd, f"training {ds} / {models}")
     return missing
 
 
@@ -471,7 +482,7 @@ def reproduce(target: str, smoke: bool = False, results_dir: str | Path | None =
     train_missing(pairs, ckpt, work, smoke, () if smoke else spec.train)
 
     runs_dir = work / "runs"
-    cmd = [_python(), "convert_eval.py", "-m", *spec.sweep, f"paths.ckpt_dir={ckpt}",
+    cmd = [python_exe(), "convert_eval.py", "-m", *spec.sweep, f"paths.ckpt_dir={ckpt}",
            f"hydra.sweep.dir={runs_dir}", "skip_done=true", "resume=true"]
     if smoke:
         conf = work / "conf"
@@ -481,7 +492,7 @@ def reproduce(target: str, smoke: bool = False, results_dir: str | Path | None =
     else:
         cmd += [f"experiment={','.join(spec.experiments)}"]
     cmd += list(extra)
-    _run(cmd, f"{target} conversions")
+    run_cmd(cmd, f"{target} conversions")
 
     n_jobs = len(spec.experiments)
     for s in spec.sweep:
@@ -489,7 +500,7 @@ def reproduce(target: str, smoke: bool = False, results_dir: str | Path | None =
     missing = [i for i in range(n_jobs) if not (runs_dir / str(i) / "metrics.json").is_file()]
     if missing:
         raise RuntimeError(f"{target}: jobs {missing} of {runs_dir} wrote no metrics.json (see their logs)")
-    runs = [json.loads((runs_dir / str(i) / "metrics.json").read_text()) for i in range(n_jobs)]
+    runs = [load_run(runs_dir / str(i)) for i in range(n_jobs)]
     results.mkdir(parents=True, exist_ok=True)
     ctx = Context(target=target, runs=runs, cells=cells, smoke=smoke, figure=results / f"{target}.png")
     body = spec.aggregate(ctx)
@@ -499,7 +510,7 @@ def reproduce(target: str, smoke: bool = False, results_dir: str | Path | None =
                  "measured numbers mean nothing next to the paper's.\n\n")
     ref = "" if rp.load_reference("paper_tables") is not None else \
         f"Reference CSVs not found under {rp.reference_dir()} (set MSAT_SHARED_DIR): reference columns n/a.\n\n"
-    tail = f"\nRuns: `{_show(runs_dir)}` ({n_jobs} jobs); checkpoints: `{_show(ckpt)}`.\n"
+    tail = f"\nRuns: `{show_path(runs_dir)}` ({n_jobs} jobs); checkpoints: `{show_path(ckpt)}`.\n"
     out = results / f"{target}.md"
     atomic_write_text(out, head + ref + body + tail)
     print(f"wrote {out}", flush=True)

@@ -60,6 +60,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     the names are read from the ``<dataset>_<model>.pt`` file name when it has that form.
     """
     p = Path(path)
+    if p.is_dir():
+        raise UserError(f"checkpoint {p} is a directory; give the .pt file train_ann.py wrote "
+                        f"(e.g. {p / 'digits_digits_cnn.pt'})")
     if not p.is_file():
         if dataset is None or model is None:
             stem = p.stem.removesuffix("_last")
@@ -68,9 +71,17 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
                 raise CheckpointNotFoundError(f"checkpoint not found: {p}")
         raise CheckpointNotFoundError(missing_checkpoint_message(dataset, model, p))
     try:
-        return torch.load(p, map_location=map_location, weights_only=True)
+        ckpt = torch.load(p, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated file, not a torch file, or unsafe pickled objects
-        raise UserError(f"cannot read checkpoint {p}: {type(e).__name__}: {str(e).splitlines()[0]}") from e
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise UserError(f"{p} is not a readable checkpoint ({type(e).__name__}: {first[:200]}); give a .pt file "
+                        "written by train_ann.py or torch.save(model.state_dict())") from None
+    state = ckpt.get("model") if isinstance(ckpt, Mapping) and isinstance(ckpt.get("model"), Mapping) else ckpt
+    if not isinstance(state, Mapping) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"{p} holds no model weights (a {type(ckpt).__name__}"
+                        f"{' with keys ' + str(sorted(ckpt)[:6]) if isinstance(ckpt, Mapping) else ''}); give a "
+                        "checkpoint of train_ann.py or torch.save(model.state_dict())")
+    return ckpt
 
 
 def _strip_prefixes(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -112,6 +123,10 @@ def load_model_weights(model: nn.Module, ckpt_or_path: Mapping | str | os.PathLi
         name = src.get("model_name", "?") if isinstance(src, Mapping) else "?"
         raise CheckpointMismatchError(
             f"checkpoint (model {name!r}) does not fit {type(model).__name__}: " + "; ".join(problems))
+    bad = [k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointMismatchError(f"checkpoint weights {_short(bad)} hold NaN or inf values (a diverged "
+                                      "training?); retrain or use an earlier checkpoint")
     model.load_state_dict(sd, strict=strict)
     return model
 

@@ -1,13 +1,15 @@
 """ANN -> SNN conversion (SPEC section 1): a pipeline of named stages over a torch.fx graph.
 
-    trace      deep-copy the model (the original is never touched), eval mode, torch.fx trace
-    fold_bn    fold each BatchNorm into the Conv1d/Conv2d feeding only it (other BNs stay affine)
-    replace    every ReLU call site -> its own SpikingNeuron; max pools after the first spiking
-               layer -> SpikingPool (lipool | gate | avg)
-    check      the part after the first spiking layer ("dynamic") may only use ops the
-               time-folded engine supports; anything else is a ConversionError naming the node
-    calibrate  run the converted graph as the ANN on the calibration batches; theta_l = p-th
-               percentile of each layer's post-ReLU activations (SPEC 1.3)
+    trace       deep-copy the model (the original is never touched), eval mode, torch.fx trace
+    fold_bn     fold each BatchNorm into the Conv1d/Conv2d feeding only it (other BNs stay affine)
+    replace     every activation call site (ReLU; QCFS in a QCFS-trained ANN) -> its own
+                SpikingNeuron with the method's dynamics; max pools after the first spiking layer
+                -> SpikingPool (lipool | gate | avg)
+    check       the part after the first spiking layer ("dynamic") may only use ops the
+                time-folded engine supports; anything else is a ConversionError naming the node
+    thresholds  the method calibrates theta_l (default: the p-th percentile of each layer's
+                post-activation outputs on the calibration batches, SPEC 1.3)
+    after       the method's stages that may simulate (SC p, bias / potential calibration)
 
 The part ahead of the first spiking layer ("static": depends on the input only, e.g. the first
 conv under direct coding, or an embedding + LSTM encoder) may contain anything; it runs once per
@@ -16,6 +18,7 @@ input, analog.
 from __future__ import annotations
 
 import copy
+import warnings
 import math
 import operator
 from collections.abc import Iterable
@@ -27,8 +30,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.fx.passes.shape_prop import ShapeProp
 
-from .config import ConversionConfig, conversion_config
-from .neurons import SpikingNeuron, reset_net
+from .config import ConversionConfig, conversion_config, parse_sc_p
+from .models.activations import QCFS, activation_of
+from .neurons import SCLayer, SpikingNeuron, reset_net
 from .pooling import SpikingPool
 from .utils import UserError
 
@@ -76,13 +80,20 @@ def _describe(node: fx.Node, modules: dict[str, nn.Module]) -> str:
 
 # ----------------------------------------------------------------------------- stage: trace
 
+class _Tracer(fx.Tracer):
+    """torch.fx's tracer, keeping trained activations (QCFS) as single call sites."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, QCFS) or super().is_leaf_module(m, qualname)
+
+
 def trace(model: nn.Module) -> fx.GraphModule:
     """Deep-copy ``model`` in eval mode and trace it with torch.fx."""
     if not isinstance(model, nn.Module):
         raise ConversionError(f"convert expects an nn.Module, got {type(model).__name__}")
     m = copy.deepcopy(model).eval()
     try:
-        gm = fx.symbolic_trace(m)
+        gm = fx.GraphModule(m, _Tracer().trace(m), type(m).__name__)
     except Exception as e:  # fx raises many types (TraceError, TypeError, ...)
         raise ConversionError(f"torch.fx cannot trace {type(model).__name__}: {type(e).__name__}: {e}. "
                               "Data-dependent control flow in forward() is not supported.") from e
@@ -155,8 +166,9 @@ def _module_path(node: fx.Node) -> str:
 
 
 def _is_relu(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """A ReLU call site, or a trained activation that converts like one (QCFS)."""
     if node.op == "call_module":
-        return type(modules[node.target]) is nn.ReLU
+        return type(modules[node.target]) in (nn.ReLU, QCFS)
     if node.op == "call_function":
         return node.target in RELU_FUNCTIONS
     return node.op == "call_method" and node.target in RELU_METHODS
@@ -198,8 +210,10 @@ def _unique(name: str, used: set[str]) -> str:
     return out
 
 
-def replace(gm: fx.GraphModule, cfg: ConversionConfig) -> tuple[list[SpikingNeuron], list[SpikingPool]]:
-    """Replace ReLU call sites by neurons and the dynamic max pools by spiking pools (in place)."""
+def replace(gm: fx.GraphModule, cfg: ConversionConfig, dynamics: str = "if",
+            neuron_kwargs: Optional[dict] = None) -> tuple[list[SpikingNeuron], list[SpikingPool]]:
+    """Replace activation call sites (ReLU, QCFS) by neurons of ``dynamics`` and the dynamic max pools
+    by spiking pools (in place). A QCFS module stays inside its neuron as the ANN-mode activation."""
     modules = dict(gm.named_modules())
     activation_types = tuple(v for v in vars(nn.modules.activation).values()
                              if isinstance(v, type) and issubclass(v, nn.Module) and v is not nn.ReLU
@@ -225,7 +239,8 @@ def replace(gm: fx.GraphModule, cfg: ConversionConfig) -> tuple[list[SpikingNeur
             path = _module_path(node)
             name = f"{path}.{node.name}" if path else node.name
         name = _unique(name, used)
-        neuron = SpikingNeuron(cfg.neuron, name)
+        act = modules[node.target] if node.op == "call_module" and isinstance(modules[node.target], QCFS) else None
+        neuron = SpikingNeuron(cfg.neuron, name, dynamics, ann_act=copy.deepcopy(act), **(neuron_kwargs or {}))
         new = _swap(gm, node, f"spiking_layers.n{i}", neuron)
         neurons.append(neuron)
         spiking.add(new)
@@ -241,7 +256,7 @@ def replace(gm: fx.GraphModule, cfg: ConversionConfig) -> tuple[list[SpikingNeur
         dims, kw = spec
         name = node.target if node.op == "call_module" else node.name
         try:
-            pool = SpikingPool(cfg.pool, dims, name=name, **kw)
+            pool = SpikingPool(cfg.pool.name, dims, name=name, **kw)
         except ValueError as e:
             raise ConversionError(str(e)) from e
         _swap(gm, node, f"spiking_pools.p{len(pools)}", pool)
@@ -386,17 +401,20 @@ def _quantile_of_positives(pos: Tensor, n_total: int, p: float) -> Tensor:
     return kth(lo) + frac * (kth(hi) - kth(lo))
 
 
-class _Recorder:
-    """Collects what calibration needs from each neuron's post-ReLU activations."""
+class ActivationStats:
+    """Streams what percentile calibration needs from each neuron's post-activation outputs."""
 
     def __init__(self, percentile: float, per_channel: bool):
         self.p, self.per_channel = percentile, per_channel
         self.max: dict[SpikingNeuron, Tensor] = {}
         self.values: dict[SpikingNeuron, list[Tensor]] = {}
         self.count: dict[SpikingNeuron, int] = {}
+        self.feat_dims: dict[SpikingNeuron, int] = {}
+        self.dtype: dict[SpikingNeuron, torch.dtype] = {}
 
     def __call__(self, neuron: SpikingNeuron, x: Tensor) -> None:
-        a = torch.relu(x.detach())
+        a = neuron.forward(x.detach())                     # the ANN activation's output (no hooks re-entered)
+        self.feat_dims[neuron], self.dtype[neuron] = x.dim() - 1, x.dtype
         if self.per_channel:
             if a.dim() < 2:
                 raise ConversionError(f"layer {neuron.name!r}: per-channel calibration needs a channel dimension")
@@ -405,17 +423,20 @@ class _Recorder:
                 m = a.amax(dim=1)
                 self.max[neuron] = m if neuron not in self.max else torch.maximum(self.max[neuron], m)
             else:
-                self.values.setdefault(neuron, []).append(a.float().cpu())
+                self.values.setdefault(neuron, []).append(a.double().cpu())
         else:
             if self.p == 1.0:
                 m = a.max()
                 self.max[neuron] = m if neuron not in self.max else torch.maximum(self.max[neuron], m)
             else:
                 flat = a.flatten()
-                self.values.setdefault(neuron, []).append(flat[flat > 0].float().cpu())
+                self.values.setdefault(neuron, []).append(flat[flat > 0].double().cpu())
                 self.count[neuron] = self.count.get(neuron, 0) + flat.numel()
 
-    def theta(self, neuron: SpikingNeuron, feat_dims: int) -> Tensor:
+    def theta(self, neuron: SpikingNeuron) -> Tensor:
+        """theta_l, in the activations' dtype; (C, 1, ...) per sample when per channel."""
+        if neuron not in self.feat_dims:
+            raise ConversionError(f"layer {neuron.name!r} was never executed on the calibration data")
         if self.p == 1.0:
             th = self.max[neuron]
         elif self.per_channel:
@@ -429,8 +450,16 @@ class _Recorder:
         else:
             th = _quantile_of_positives(torch.cat(self.values[neuron]), self.count[neuron], self.p)
         if self.per_channel:
-            th = th.view(-1, *([1] * (feat_dims - 1)))                    # (C, 1, ...) per sample
-        return th
+            th = th.view(-1, *([1] * (self.feat_dims[neuron] - 1)))      # (C, 1, ...) per sample
+        return th.to(self.dtype[neuron])
+
+
+def percentile_thresholds(ctx: Any) -> dict[SpikingNeuron, Tensor]:
+    """theta_l = the ``calib.percentile`` quantile of each layer's post-activation outputs over every
+    calibration batch (SPEC 1.3; per layer, or per channel with ``calib.per_channel``)."""
+    stats = ActivationStats(ctx.cfg.calib.percentile, ctx.cfg.calib.per_channel)
+    ctx.activations(stats)
+    return {m: stats.theta(m) for m in ctx.neurons}
 
 
 def _logits_close(a: Any, b: Any) -> bool:
@@ -442,73 +471,108 @@ def _logits_close(a: Any, b: Any) -> bool:
     return True
 
 
-def calibrate(gm: fx.GraphModule, neurons: list[SpikingNeuron], pools: list[SpikingPool],
-              batches: list[Tensor], cfg: ConversionConfig, reference: Optional[Any] = None) -> None:
-    """Set each neuron's theta from the ANN activations on ``batches`` (SPEC 1.3).
+def propagate_shapes(gm: fx.GraphModule, pools: list[SpikingPool], x: Tensor, reference: Any,
+                     avg_pools: bool) -> None:
+    """Run the converted graph as the ANN once, recording shapes (``node.meta['tensor_meta']``) for the
+    checks, and compare its output with ``reference`` (the original model's)."""
+    from .methods.base import ann_pools
 
-    The first batch also propagates shapes (``node.meta['tensor_meta']``) for the checks, and its
-    ANN logits are compared with ``reference`` (the original model's) when given.
-    """
-    rec = _Recorder(cfg.calib.percentile, cfg.calib.per_channel)
-    feat_dims: dict[SpikingNeuron, int] = {}
-
-    def record(neuron: SpikingNeuron, x: Tensor) -> None:
-        feat_dims[neuron] = x.dim() - 1
-        rec(neuron, x)
-
-    for m in neurons:
-        m.recorder = record
-    for p in pools:
-        p.ann_equivalent = True
-    try:
-        with torch.no_grad():
-            for i, x in enumerate(batches):
-                out = ShapeProp(gm).propagate(x) if i == 0 else gm(x)
-                if i == 0 and reference is not None and cfg.pool != "avg" and not _logits_close(out, reference):
-                    raise ConversionError("the converted graph does not reproduce the model's outputs in ANN "
-                                          "mode (an in-place op whose input is reused?)")
-    finally:
-        for m in neurons:
-            m.recorder = None
-        for p in pools:
-            p.ann_equivalent = False
-    for m in neurons:
-        if m not in feat_dims:
-            raise ConversionError(f"layer {m.name!r} was never executed on the calibration data")
-        m.set_theta(rec.theta(m, feat_dims[m]))
+    with ann_pools(pools), torch.no_grad():
+        out = ShapeProp(gm).propagate(x)
+    if reference is not None and not avg_pools and not _logits_close(out, reference):
+        raise ConversionError("the converted graph does not reproduce the model's outputs in ANN mode "
+                              "(an in-place op whose input is reused?)")
 
 
 # ----------------------------------------------------------------------------- the network
 
+class SCState:
+    """Spike-confidence settings of a network: which layers, their keep probabilities, E and the reset.
+
+    Owned by the ``SpikingNetwork``; the engine hands each SC layer an ``SCLayer`` per simulation
+    (``for_simulation``). ``disabled()`` switches SC off for a block (``derive_sc_p`` measures with it off).
+    """
+
+    def __init__(self, layers: list[str], E: int, filtered: bool, p: Optional[dict[str, float]] = None):
+        self.layers, self.E, self.filtered = list(layers), int(E), bool(filtered)
+        self.p: dict[str, float] = {}
+        self.active = bool(self.layers)
+        if p:
+            self.set_p(p)
+
+    def set_p(self, p: dict[str, float]) -> None:
+        """Keep probability p_l of SC layers, name -> p in [0, 1] (any subset of the SC layers)."""
+        from .config import ConfigError, parse_sc_p
+
+        unknown = [k for k in p if k not in self.layers]
+        if unknown:
+            raise ConversionError(f"{unknown} are not spike-confidence layers; SC layers: {self.layers} "
+                                  "(enable with sc.enabled, choose with sc.layers)")
+        try:
+            checked = parse_sc_p(dict(p), where="SC keep probability")
+        except ConfigError as e:
+            raise ConversionError(str(e)) from e
+        self.p.update(checked)
+
+    def disabled(self) -> "_SCOff":
+        return _SCOff(self)
+
+    def for_simulation(self, generator: Optional[torch.Generator], device: torch.device) -> dict:
+        """name -> SCLayer with its own generator, seeded from ``generator``: draws do not depend on chunking."""
+        if not self.active:
+            return {}
+        missing = [n for n in self.layers if n not in self.p]
+        if missing:
+            from .simulation import SimulationError
+
+            raise SimulationError(f"spike confidence is enabled but p is not set for layers {missing}: set sc.p, "
+                                  "or derive it (msat.measure.derive_sc_p) and call snn.set_sc_p")
+        out = {}
+        for n in self.layers:
+            dev = generator.device if generator is not None else torch.device("cpu")
+            seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=dev))
+            g = torch.Generator(device=device)
+            g.manual_seed(seed)
+            out[n] = SCLayer(self.p[n], self.E, self.filtered, g)
+        return out
+
+
+class _SCOff:
+    def __init__(self, state: SCState):
+        self.state = state
+
+    def __enter__(self) -> None:
+        self.saved, self.state.active = self.state.active, False
+
+    def __exit__(self, *exc: Any) -> None:
+        self.state.active = self.saved
+
+
 class SpikingNetwork(nn.Module):
     """A converted network: the fx graph with spiking neurons and pools, plus its metadata.
 
-    ``forward``/``ann_forward`` run it as the ANN (neurons = ReLU, pools = max pool);
-    ``msat.simulate`` runs it as the SNN.
+    ``forward``/``ann_forward`` run it as the ANN (neurons = their activation, pools = max pool);
+    ``msat.simulate`` runs it as the SNN. ``method`` is the configured method; ``sc`` the
+    spike-confidence state; ``cost`` what conversion spent (``msat.methods.base.Cost``).
     """
 
     def __init__(self, gm: fx.GraphModule, neurons: list[SpikingNeuron], pools: list[SpikingPool],
-                 cfg: ConversionConfig, dynamic: set[fx.Node]):
+                 cfg: ConversionConfig, dynamic: set[fx.Node], method: Any, ann: str = "relu"):
         super().__init__()
         self.graph_module = gm
         self.cfg = cfg
+        self.method = method
+        self.ann = ann
+        self.cost = None
         self._neurons = neurons
         self._pools = pools
         self._dynamic_names = {n.name for n in dynamic}
-        if cfg.sc.enabled:
-            sc = neurons[-1:] if cfg.sc.layers == "last" else list(neurons)
-            for n in sc:
-                n.sc_layer, n.sc_E, n.sc_filtered = True, cfg.sc.E, cfg.sc.reset == "filtered"
-            p = cfg.sc.p
-            names = [n.name for n in sc]
-            if isinstance(p, float):
-                self.set_sc_p({k: p for k in names})
-            elif isinstance(p, list):
-                if len(p) != len(names):
-                    raise ConversionError(f"sc.p lists {len(p)} values for {len(names)} SC layers {names}")
-                self.set_sc_p(dict(zip(names, p)))
-            elif isinstance(p, dict):
-                self.set_sc_p(p)
+        names = [n.name for n in neurons]
+        sc = cfg.sc
+        layers = (names[-1:] if sc.layers == "last" else names) if sc.enabled else []
+        self.sc = SCState(layers, sc.E, sc.reset == "filtered")
+        if layers and sc.p is not None:
+            self.sc.set_p(parse_sc_p(sc.p, layers))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.ann_forward(x)
@@ -518,20 +582,12 @@ class SpikingNetwork(nn.Module):
         return self.graph_module(x)
 
     def ann_preactivations(self, x: Tensor) -> dict[str, Tensor]:
-        """The input of each ReLU call site (a_l), name -> (B, ...), for the ANN on ``x``."""
+        """The input of each activation call site (a_l), name -> (B, ...), for the ANN on ``x``."""
+        from .methods.base import record_inputs
+
         out: dict[str, Tensor] = {}
-
-        def record(neuron: SpikingNeuron, a: Tensor) -> None:
-            out[neuron.name] = a.detach().clone()
-
-        for m in self._neurons:
-            m.recorder = record
-        try:
-            with torch.no_grad():
-                self.graph_module(x)
-        finally:
-            for m in self._neurons:
-                m.recorder = None
+        with record_inputs(self._neurons, lambda m, a: out.__setitem__(m.name, a.detach().clone())), torch.no_grad():
+            self.graph_module(x)
         return out
 
     def neuron_layers(self) -> list[tuple[str, SpikingNeuron]]:
@@ -548,19 +604,11 @@ class SpikingNetwork(nn.Module):
 
     def sc_layers(self) -> list[str]:
         """Names of the layers spike confidence acts on (empty when SC is off)."""
-        return [m.name for m in self._neurons if m.sc_layer]
+        return list(self.sc.layers)
 
     def set_sc_p(self, p: dict[str, float]) -> None:
         """Set the SC keep probability p_l of SC layers, name -> p in [0, 1]."""
-        layers = {m.name: m for m in self._neurons if m.sc_layer}
-        for name, v in p.items():
-            if name not in layers:
-                raise ConversionError(f"{name!r} is not a spike-confidence layer; SC layers: {sorted(layers)} "
-                                      "(enable with sc.enabled, choose with sc.layers)")
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= float(v) <= 1.0:
-                raise ConversionError(f"SC keep probability for {name!r} must be in [0, 1], got {v!r}")
-        for name, v in p.items():
-            layers[name].sc_p = float(v)
+        self.sc.set_p(p)
 
     def is_dynamic(self, node: fx.Node) -> bool:
         return node.name in self._dynamic_names
@@ -571,16 +619,34 @@ class SpikingNetwork(nn.Module):
 
 # ----------------------------------------------------------------------------- the pipeline
 
+def dynamic_nodes(gm: fx.GraphModule) -> set[fx.Node]:
+    """The nodes that depend on a spiking layer (they run once per time step)."""
+    spiking = {n for n in gm.graph.nodes if n.op == "call_module" and n.target.startswith("spiking_layers.")}
+    return _dynamic_nodes(gm, spiking)
+
+
 def convert(model: nn.Module, calib: Any, cfg: Any = None) -> SpikingNetwork:
-    """Convert a trained ReLU ANN into a ``SpikingNetwork`` (SPEC section 1).
+    """Convert a trained ANN into a ``SpikingNetwork`` with the method ``cfg.method`` (SPEC section 1).
 
     ``calib``: a tensor batch, or an iterable of batches or (x, y) pairs (up to
-    ``cfg.calib.batches`` are used). ``cfg``: a mapping with groups neuron/calib/sc/pool (see
-    ``msat.config``). The model itself is not modified.
+    ``cfg.calib.batches`` are used). ``cfg``: a mapping with ``method`` (default ``if_max``) and the
+    groups neuron/calib/sc/pool (see ``msat.config``). The model itself is not modified.
     """
+    from .methods import get_method
+    from .methods.base import CalibContext, Cost, timed
+
     ccfg = conversion_config(cfg)
+    method = get_method(ccfg.method.name)(ccfg)
+    if not isinstance(model, nn.Module):
+        raise ConversionError(f"convert expects an nn.Module, got {type(model).__name__}")
+    ann = activation_of(model)
+    if ann not in method.ann:
+        need = " or ".join(f"a {a.upper() if a == 'qcfs' else 'ReLU'} ANN" for a in method.ann)
+        raise ConversionError(f"method {method.name!r} converts {need}; this model is a "
+                              f"{'QCFS' if ann == 'qcfs' else 'ReLU'} ANN "
+                              f"({'train it with model.act=qcfs' if 'qcfs' in method.ann else 'use another method'})")
     batches = _batches(calib, ccfg.calib.batches)
-    param = next(iter(model.parameters()), None) if isinstance(model, nn.Module) else None
+    param = next(iter(model.parameters()), None)
     if param is not None:
         batches = [x.to(param.device) for x in batches]
     gm = trace(model)
@@ -591,16 +657,26 @@ def convert(model: nn.Module, calib: Any, cfg: Any = None) -> SpikingNetwork:
     with torch.no_grad():
         reference = gm(batches[0])          # original model on the first batch, before any change
     fold_bn(gm)
-    neurons, pools = replace(gm, ccfg)
-    calibrate(gm, neurons, pools, batches, ccfg, reference)
-    spiking = {n for n in gm.graph.nodes if n.op == "call_module" and n.target.startswith("spiking_layers.")}
-    dynamic = _dynamic_nodes(gm, spiking)
+    neurons, pools = replace(gm, ccfg, method.dynamics, method.neuron_kwargs())
+    propagate_shapes(gm, pools, batches[0], reference, ccfg.pool.name == "avg")
+    dynamic = dynamic_nodes(gm)
     out_node = next(n for n in gm.graph.nodes if n.op == "output")
     if not any(isinstance(a, fx.Node) and a in dynamic for a in out_node.all_input_nodes):
         raise ConversionError("the model's output does not depend on any ReLU: nothing would spike")
     check_dynamic(gm, dynamic)
-    return SpikingNetwork(gm, neurons, pools, ccfg, dynamic)
+    ctx = CalibContext(gm, neurons, pools, batches, ccfg,
+                       Cost(presim_steps=method.presim_steps(), calib_images=sum(int(x.shape[0]) for x in batches)))
+    with timed(ctx.cost):
+        for m, th in method.thresholds(ctx).items():
+            m.set_theta(th)
+            if bool((th <= 0).all()):
+                warnings.warn(f"layer {m.name!r}: calibrated scale 0 (its ANN activations are all <= 0 on the "
+                              "calibration data); it never fires", stacklevel=2)
+        snn = SpikingNetwork(gm, neurons, pools, ccfg, dynamic, method, ann)
+        method.after_convert(snn, ctx)
+    snn.cost = ctx.cost
+    return snn
 
 
-__all__ = ["ConversionError", "SpikingNetwork", "convert", "trace", "fold_bn", "replace", "check_dynamic",
-           "calibrate"]
+__all__ = ["ConversionError", "SpikingNetwork", "SCState", "convert", "trace", "fold_bn", "replace", "check_dynamic",
+           "percentile_thresholds", "ActivationStats", "dynamic_nodes"]

@@ -2,7 +2,7 @@
 
 * ``SpikeStats``: per spiking layer and step, SIN ratio, spike confidence ``q``, ANS and firing rate.
 * ``AccuracyCurve``: sample-weighted accuracy after t steps, for every t, from one simulation.
-* ``derive_sc_p`` / ``resolve_sc_p``: the spike-confidence probabilities ``p_l = 1 - q_l(E)``.
+* ``derive_sc_p``: the spike-confidence probabilities ``p_l = 1 - q_l(E)``.
 * ``layer_macs`` / ``energy_report`` / ``energy_ratio``: paper Eq. 21-23.
 
 Every accumulator is a sum of integer counts, so results over many batches (or ranks, see
@@ -14,12 +14,12 @@ from collections import OrderedDict
 from typing import Any, Iterable, Mapping, Sequence
 
 import torch
-import torch.distributed as dist
 import torch.fx as fx
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from .simulation import Observer, simulate
+from .utils import all_reduce_sum
 
 # Rows of SpikeStats' per-layer (4, T) count tensor; each row is a count after t = 1..T steps.
 _FIRED_NEG, _FIRED_POS, _SIN_SPIKES, _SPIKES = range(4)
@@ -27,13 +27,6 @@ _FIRED_NEG, _FIRED_POS, _SIN_SPIKES, _SPIKES = range(4)
 _NEG, _NEURONS, _SAMPLES = range(3)
 _BLOCK = 2 ** 18       # neurons per float32 partial sum: 64 spikes each stay below 2**24, exact
 MAC_MODULES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
-
-
-def _all_reduce_sum(tensors: Iterable[torch.Tensor]) -> None:
-    """Sum tensors in place across ranks when torch.distributed is initialized (else no-op)."""
-    if dist.is_available() and dist.is_initialized():
-        for t in tensors:
-            dist.all_reduce(t, op=dist.ReduceOp.SUM)
 
 
 def _col_sums(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -56,7 +49,8 @@ class SpikeStats(Observer):
     With ``a_l`` the ANN pre-activation of layer ``l`` and ``N_l(t)`` a neuron's spike count
     after ``t`` steps: SIN = {N_l(t) > 0 and a_l <= 0}; ``sin_ratio = |SIN| / |a_l <= 0|``;
     ``q = |SIN| / (|SIN| + |N_l(t) > 0 and a_l > 0|)``; ``ans`` = spikes of SIN neurons / |SIN|;
-    ``firing_rate`` = spikes per neuron per step. Ratios with a zero denominator are 0.
+    ``firing_rate`` = spikes per neuron per step. Ratios with a zero denominator are 0. Signed spikes
+    (SpiCalib) count by magnitude: a negative spike is emitted, and costs a synaptic operation, too.
 
     ``on_batch_start`` takes the pre-activations from ``snn.ann_preactivations(x)``; call
     ``begin_batch(preacts, T)`` directly to feed them yourself. ``layers`` restricts the layers
@@ -118,10 +112,10 @@ class SpikeStats(Observer):
             raise ValueError(f"layer {name!r}: got steps {t0}..{t0 + Tc - 1}, "
                              f"expected to start at {st['seen']} within T={self.T}")
         if name not in self._checked:
-            if (spikes < 0).any() or (spikes > 64).any() or not torch.equal(spikes, spikes.trunc()):
-                raise ValueError(f"layer {name!r}: spikes must be integer counts in 0..64 per step")
+            if (spikes.abs() > 64).any() or not torch.equal(spikes, spikes.trunc()):
+                raise ValueError(f"layer {name!r}: spikes must be integer counts in -64..64 per step")
             self._checked.add(name)
-        s = spikes.reshape(Tc, -1).float()                            # (Tc, B*n)
+        s = spikes.reshape(Tc, -1).abs().float()        # (Tc, B*n); a negative spike is one (signed) spike too
         fired = torch.clamp(s, max=1.0, out=self._workspace(s))       # (Tc, B*n): 1 where N_l(t) > 0
         prev = st["fired"]
         for i in range(Tc):
@@ -178,9 +172,10 @@ class SpikeStats(Observer):
         curves = [d["firing_rate"] for d in self.curves().values()]
         return [sum(v) / len(v) for v in zip(*curves)]
 
-    def mean_spike_count(self) -> dict[str, float]:
-        """name -> spikes per neuron per sample over all T steps (Eq. 22's factor)."""
-        return {n: float(c[_SPIKES, -1]) / max(int(self.totals[n][_NEURONS]), 1)
+    def mean_spike_count(self, t: int | None = None) -> dict[str, float]:
+        """name -> spikes per neuron per sample over the first ``t`` steps (default all T; Eq. 22's factor)."""
+        col = -1 if t is None else t - 1
+        return {n: float(c[_SPIKES, col]) / max(int(self.totals[n][_NEURONS]), 1)
                 for n, c in self.counts.items()}
 
     def neurons_per_sample(self) -> dict[str, int]:
@@ -208,7 +203,7 @@ class SpikeStats(Observer):
 
     def all_reduce(self) -> "SpikeStats":
         """Sum the counts across ranks (torch.distributed, if initialized); returns self."""
-        _all_reduce_sum([*self.counts.values(), *self.totals.values()])
+        all_reduce_sum([*self.counts.values(), *self.totals.values()])
         return self
 
 
@@ -282,7 +277,7 @@ class AccuracyCurve(Observer):
 
     def all_reduce(self) -> "AccuracyCurve":
         """Sum the counts across ranks (torch.distributed, if initialized); returns self."""
-        _all_reduce_sum([self.correct, self.total])
+        all_reduce_sum([self.correct, self.total])
         return self
 
 
@@ -290,8 +285,8 @@ def derive_sc_p(snn: Any, x: torch.Tensor, E: int, layers: Sequence[str] | None 
                 chunk: int = 32) -> dict[str, float]:
     """Spike confidence ``p_l = 1 - q_l(E)`` (SPEC 2), measured on the batch ``x``.
 
-    Runs the ANN and the SNN side by side for ``E`` steps with spike confidence switched off on
-    every layer (so the measurement does not depend on p), then restores the SC settings.
+    Runs the ANN and the SNN side by side for ``E`` steps with spike confidence switched off
+    (``snn.sc.disabled()``: the measurement does not depend on p).
     ``layers``: default ``snn.sc_layers()``; pass any spiking layer names to measure others.
     """
     if isinstance(E, bool) or not isinstance(E, int) or E < 1:
@@ -299,53 +294,11 @@ def derive_sc_p(snn: Any, x: torch.Tensor, E: int, layers: Sequence[str] | None 
     names = snn.sc_layers() if layers is None else list(layers)
     if not names:
         raise ValueError("no spike-confidence layers: enable sc (sc.enabled) or pass layers=")
-    neurons = [m for _, m in snn.neuron_layers()]
-    saved = [m.sc_layer for m in neurons]
     stats = SpikeStats(layers=names)
-    try:
-        for m in neurons:
-            m.sc_layer = False
+    with snn.sc.disabled():
         simulate(snn, x, E, chunk=chunk, observers=(stats,))
-    finally:
-        for m, on in zip(neurons, saved):
-            m.sc_layer = on
     at_e = stats.at(E)
     return {n: 1.0 - at_e[n]["q"] for n in names}
-
-
-def resolve_sc_p(cfg_p: Any, layers: Sequence[str],
-                 derived: Mapping[str, float] | None = None) -> dict[str, float]:
-    """The spike-confidence ``p`` of each SC layer in ``layers``.
-
-    ``cfg_p`` (from the config) overrides ``derived`` (from ``derive_sc_p``): ``None`` -> derived;
-    a number -> that p for every layer; a list -> one p per layer, in order; a mapping -> by name.
-    """
-    layers = list(layers)
-    if cfg_p is None:
-        if derived is None:
-            raise ValueError("sc.p is not set and no derived p was given")
-        missing = [n for n in layers if n not in derived]
-        if missing:
-            raise KeyError(f"derived p lacks SC layers {missing}")
-        p = {n: float(derived[n]) for n in layers}
-    elif isinstance(cfg_p, (int, float)) and not isinstance(cfg_p, bool):
-        p = {n: float(cfg_p) for n in layers}
-    elif isinstance(cfg_p, Mapping):
-        unknown = [k for k in cfg_p if k not in layers]
-        missing = [n for n in layers if n not in cfg_p]
-        if unknown or missing:
-            raise ValueError(f"sc.p names unknown layers {unknown} / lacks layers {missing}; SC layers: {layers}")
-        p = {n: float(cfg_p[n]) for n in layers}
-    elif isinstance(cfg_p, Sequence) and not isinstance(cfg_p, str):
-        if len(cfg_p) != len(layers):
-            raise ValueError(f"sc.p has {len(cfg_p)} values for {len(layers)} SC layers {layers}")
-        p = {n: float(v) for n, v in zip(layers, cfg_p)}
-    else:
-        raise TypeError(f"sc.p must be null, a number, a list or a mapping; got {cfg_p!r}")
-    bad = {n: v for n, v in p.items() if not 0.0 <= v <= 1.0}
-    if bad:
-        raise ValueError(f"sc.p must lie in [0, 1]; got {bad}")
-    return p
 
 
 # -- MACs and energy (paper Eq. 21-23) -----------------------------------------------------

@@ -1,18 +1,23 @@
 """Spiking neurons (SPEC section 2): pure step functions and a thin stateful module shell.
 
-The pure functions (``fire``, ``reset_potential``, ``fixed_step``, ``msat_threshold``,
-``msat_step``, ``spike_confidence``) state the equations once, over explicit state; they never
-mutate their inputs. ``SpikingNeuron`` holds the state of one layer and runs the same equations
-over a chunk of time steps with in-place operations on preallocated buffers (tests check that
-both agree). ``reset_net(module)`` clears the state of every stateful module of a network.
+The pure functions state the equations once, over explicit state; they never mutate their inputs:
+``fire``, ``reset_potential``, ``fixed_step`` (integrate-and-fire, th = k*theta), ``msat_threshold``
+/ ``msat_step`` (MSAT), ``signed_step`` (SpiCalib's negative spikes) and ``spike_confidence``.
+``SpikingNeuron`` holds the state of one layer and runs the same equations over a chunk of time
+steps with in-place operations on preallocated buffers (tests check that both agree, for every
+option). ``reset_net(module)`` clears the state of every stateful module of a network.
 
 Units: the pure functions work in the neuron's own units, where the layer scale is ``theta``
 (``raw`` units: theta = theta_l; ``normalized`` units: theta = 1, the input is z/theta_l and the
 output is multiplied back by theta_l). ``V_T = -theta`` in both cases.
+
+What a neuron does not own: spike-confidence settings (``SCLayer``, handed in by the engine from the
+network's ``SCState``) and recording in ANN mode (forward hooks, ``msat.methods.base.record_inputs``).
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Optional, Union
 
 import torch
@@ -23,6 +28,7 @@ from .config import NeuronConfig
 
 Tensor = torch.Tensor
 Scalar = Union[float, Tensor]
+DYNAMICS = ("if", "msat", "signed")
 
 
 def _exp_cap(dtype: torch.dtype) -> float:
@@ -84,12 +90,70 @@ def msat_step(z: Tensor, v: Tensor, vsum: Tensor, t: int, theta: Scalar, hp: Neu
     return s, th, v_next, vsum + v_next
 
 
+@dataclass
+class SignedState:
+    """SpiCalib's per-neuron state: firing events ``n``, mean inter-spike interval ``isi``, last firing
+    step ``t_last`` and the running sum ``net`` of the emitted (signed) spikes."""
+
+    n: Tensor
+    isi: Tensor
+    t_last: Tensor
+    net: Tensor
+
+    @staticmethod
+    def zeros(like: Tensor) -> "SignedState":
+        return SignedState(*(torch.zeros_like(like) for _ in range(4)))
+
+
+def signed_step(s: Tensor, st: SignedState, t: int, allowance: float,
+                debt: str = "net") -> tuple[Tensor, SignedState]:
+    """SpiCalib's filter on one step's spike counts ``s`` (after fire and reset): returns ``(s_out, state)``.
+
+    A neuron that fires updates its mean inter-spike interval (``isi <- ((t - t_last) + isi*(n-1))/n``,
+    ``t_last <- t``; t_last starts at 0, so the first interval is the first spike's latency). A neuron
+    silent for longer than its mean interval plus the allowance A, ``t - t_last > isi + A``, emits a
+    negative spike (-1) at every such step. Its membrane is not touched (BrainCog's ``SpiCalib`` edits
+    the output only). ``debt``:
+
+    - ``net`` (ours, the default): a negative spike only takes back an earlier positive one (while the
+      net count is > 0), so silence builds no debt and a neuron that starts late fires normally;
+    - ``braincog``: the code's unclamped running sum: after every step ``net += s`` and the output is 0
+      wherever ``net <= -1`` (a neuron silent beyond A before its first spike stays muted).
+
+    ``allowance`` 0 switches the filter off (BrainCog's ``SpiCalib(0)`` returns its input).
+    """
+    if allowance <= 0:
+        return s, st
+    fired = s > 0
+    n = st.n + fired.to(s.dtype)
+    isi = torch.where(fired, ((t - st.t_last) + st.isi * (n - 1)) / n.clamp(min=1), st.isi)
+    t_last = torch.where(fired, torch.full_like(st.t_last, t), st.t_last)
+    neg = (t - t_last) > isi + allowance
+    if debt == "net":
+        neg = neg & (st.net > 0)
+    s = s - neg.to(s.dtype)
+    net = st.net + s
+    if debt == "braincog":
+        s = torch.where(net <= -1, torch.zeros_like(s), s)
+    return s, SignedState(n, isi, t_last, net)
+
+
 def spike_confidence(s: Tensor, p: float, u: Tensor) -> Tensor:
     """Spike confidence ``s_out = c * s`` with ``c = (u < p)``, ``u`` uniform draws in [0, 1)."""
     return s * (u < p).to(s.dtype)
 
 
 # ----------------------------------------------------------------------------- module shells
+
+@dataclass
+class SCLayer:
+    """Spike confidence of one layer for one simulation, handed to ``run_chunk`` by the engine."""
+
+    p: float                         # keep probability
+    E: int                           # acts on steps t < E
+    filtered: bool                   # True: s_reset = s_out (paper Eq. 20); False: s_reset = s
+    generator: Optional[torch.Generator] = None
+
 
 class MemoryModule(nn.Module):
     """A module with state across time steps; ``reset_state()`` clears it."""
@@ -106,62 +170,86 @@ def reset_net(net: nn.Module) -> None:
 
 
 class SpikingNeuron(MemoryModule):
-    """One spiking layer replacing one ReLU call site.
+    """One spiking layer replacing one activation call site.
 
-    ANN mode (``forward``): a ReLU, optionally reporting its input to a recorder (calibration,
-    ANN pre-activations). SNN mode (``run_chunk``, called by the simulation engine): the
-    recurrence of SPEC 2 over a chunk of time steps, state carried across chunks.
+    ANN mode (``forward``): the original activation (ReLU, or the QCFS module kept as ``ann_act``).
+    SNN mode (``run_chunk``, called by the simulation engine): the recurrence of SPEC 2 for the
+    method's ``dynamics`` over a chunk of time steps, state carried across chunks.
+
+    Buffers: ``theta`` (the calibrated scale: () or per channel (C, 1, ...)), ``v0`` (None, or a
+    per-element initial potential in units of theta added to ``neuron.v_init``: SNN Calibration's
+    potential calibration) and ``i_bias`` (None, or an input current in activation units added at every
+    step, broadcast over the per-sample shape: SNN Calibration's theta/(2T) shift and bias calibration).
+    State: ``mask`` (None, or a (B, ...) 0/1 tensor of neurons whose spikes are emitted, set per batch
+    by SRP and cleared with the state).
     """
 
-    def __init__(self, cfg: NeuronConfig, name: str):
+    def __init__(self, cfg: NeuronConfig, name: str, dynamics: str = "if", ann_act: Optional[nn.Module] = None,
+                 allowance: float = 0.0, debt: str = "net"):
         super().__init__()
+        if dynamics not in DYNAMICS:
+            raise ValueError(f"unknown neuron dynamics {dynamics!r}; valid: {', '.join(DYNAMICS)}")
         self.cfg = cfg
         self.name = name
-        self.register_buffer("theta", torch.ones(()))   # calibrated scale: () or per-channel (C, 1, ...)
-        self.sc_p: Optional[float] = None               # keep probability (None: SC not set)
-        self.sc_layer = False                           # SC acts on this layer
-        self.sc_E = 0
-        self.sc_filtered = False
-        self.sc_generator: Optional[torch.Generator] = None
-        self.recorder = None                            # callable(neuron, x) in ANN mode
+        self.dynamics = dynamics
+        self.allowance, self.debt = float(allowance), debt           # signed: SpiCalib's A and debt rule
+        self.ann_act = ann_act
+        self.register_buffer("theta", torch.ones(()))
+        self.register_buffer("v0", None)
+        self.register_buffer("i_bias", None)
         self._u = None                                  # cached (theta inside, input, output factors)
         self.reset_state()
 
     def extra_repr(self) -> str:
         c = self.cfg
-        return (f"name={self.name!r}, threshold={c.threshold}, units={c.units}, reset={c.reset}, "
+        return (f"name={self.name!r}, dynamics={self.dynamics}, units={c.units}, reset={c.reset}, "
                 f"gamma={c.gamma}, theta_shape={tuple(self.theta.shape)}")
 
     # --- ANN mode
     def forward(self, x: Tensor) -> Tensor:
-        if self.recorder is not None:
-            self.recorder(self, x)
-        return F.relu(x)
+        return F.relu(x) if self.ann_act is None else self.ann_act(x)
 
     # --- state
     def reset_state(self) -> None:
         self.v: Optional[Tensor] = None      # V(t-1), per sample shape (B, ...)
         self.vsum: Optional[Tensor] = None   # sum of V(0..t-1) (msat)
+        self.signed: Optional[SignedState] = None   # SpiCalib's filter state (signed)
+        self.mask: Optional[Tensor] = None   # (B, ...) 0/1: neurons allowed to fire (SRP), or None
         self.t = 0
 
     def set_theta(self, theta: Tensor) -> None:
-        self.theta = theta.detach().to(self.theta.device, self.theta.dtype).clone()
+        """Set the calibrated scale; it keeps the dtype it is given (the model's)."""
+        self.theta = theta.detach().to(self.theta.device).clone()
         self._u = None
+
+    def potential(self) -> Tensor:
+        """The residual potential V(t-1) in units of theta (after a simulation step; (B, ...))."""
+        if self.v is None:
+            raise RuntimeError(f"layer {self.name!r} has not been simulated")
+        return self.v / self._u[0]
+
+    def set_v0(self, v0: Optional[Tensor]) -> None:
+        """Per-element initial potential (units of theta, per-sample shape), or None."""
+        self.v0 = None if v0 is None else v0.detach().clone()
+
+    def set_input_bias(self, bias: Optional[Tensor]) -> None:
+        """An input current added at every step (activation units, broadcast to the per-sample shape), or None."""
+        self.i_bias = None if bias is None else bias.detach().clone()
 
     def _units(self) -> tuple[Scalar, Optional[Scalar], Optional[Scalar]]:
         """(theta inside the neuron, input factor or None, output factor or None).
 
-        A fixed threshold k*theta is scale-free, so both units give the same dynamics; it runs in
-        raw units (no input scaling).
+        A constant threshold k*theta is scale-free, so both units give the same dynamics; it runs in
+        raw units (no input scaling). A layer whose theta is 0 sees no input and never fires.
         """
         th = self.theta
         alive = th > 0
-        normalized = self.cfg.units == "normalized" and self.cfg.threshold == "msat"
+        normalized = self.cfg.units == "normalized" and self.dynamics == "msat"
         if th.dim() == 0:
             val = float(th)
             if normalized:
                 return 1.0, (1.0 / val if val > 0 else 0.0), val
-            return (val, None, None) if val > 0 else (1.0, 0.0, 0.0)       # a dead layer sees no input
+            return (val, None, None) if val > 0 else (1.0, 0.0, 0.0)
         if normalized:
             return 1.0, torch.where(alive, 1.0 / torch.where(alive, th, torch.ones_like(th)), torch.zeros_like(th)), th
         inner = torch.where(alive, th, torch.ones_like(th))
@@ -170,44 +258,54 @@ class SpikingNeuron(MemoryModule):
         mask = alive.to(th.dtype)
         return inner, mask, mask
 
+    def _init_state(self, batch: int, feat: tuple, like: Tensor, theta_in: Scalar) -> None:
+        self.v = torch.zeros((batch, *feat), dtype=like.dtype, device=like.device)
+        if self.cfg.v_init != 0:
+            self.v.add_(self.cfg.v_init * theta_in)
+        if self.v0 is not None:
+            self.v.add_(self.v0.to(like.dtype) * theta_in)
+        if self.dynamics == "msat":
+            self.vsum = torch.zeros_like(self.v)
+        if self.dynamics == "signed":
+            self.signed = SignedState.zeros(self.v)
+
     # --- SNN mode
-    def run_chunk(self, z: Tensor, steps: int, batch: int, static: bool = False,
-                  keep_spikes: bool = False, consume: bool = False) -> tuple[Tensor, Tensor]:
+    def run_chunk(self, z: Tensor, steps: int, batch: int, static: bool = False, keep_spikes: bool = False,
+                  consume: bool = False, sc: Optional[SCLayer] = None) -> tuple[Tensor, Tensor]:
         """Advance ``steps`` time steps.
 
         z: (steps*B, ...) time-folded input current, or (B, ...) when ``static`` (the same current
         every step). Returns ``(out, spikes)``: out (steps*B, ...) the layer output o = s_out*th
         (in activation units), spikes (steps, B, ...) the spike counts s_out. With
         ``keep_spikes=False`` the two may share memory (spikes is then not valid). With
-        ``consume=True`` the caller no longer needs ``z`` and its memory is reused.
+        ``consume=True`` the caller no longer needs ``z`` and its memory is reused. ``sc``: spike
+        confidence of this layer (None: off).
         """
-        cfg = self.cfg
         feat = z.shape[1:]
         if self.t == 0 or self._u is None:
             self._u = self._units()
         theta_in, in_scale, out_scale = self._u
         consume = consume and not static
         zs = z.view(1 if static else steps, batch, *feat)                 # (Tc or 1, B, ...)
+        if self.i_bias is not None:
+            zs = zs.add_(self.i_bias) if consume else zs + self.i_bias
+            consume = not static                                           # zs is our own copy now
         if in_scale is not None:
             zs = zs.mul_(in_scale) if consume else zs * in_scale
             consume = not static                                           # zs is our own copy now
         if self.v is None:
-            self.v = torch.zeros((batch, *feat), dtype=z.dtype, device=z.device)
-            if cfg.v_init != 0:
-                self.v.add_(cfg.v_init * theta_in)
-            if cfg.threshold == "msat":
-                self.vsum = torch.zeros_like(self.v)
+            self._init_state(batch, feat, z, theta_in)
         # spikes overwrite the input of step i once it has been integrated: (Tc, B, ...)
         spikes = zs if consume else z.new_empty((steps, batch, *feat))
-        if cfg.threshold == "fixed":
-            th_const = cfg.k * theta_in
-            self._loop(zs, spikes, static, lambda i, t: th_const, None)
+        if self.dynamics != "msat":
+            th_const = self.cfg.k * theta_in
+            self._loop(zs, spikes, static, lambda i, t: th_const, None, sc)
             scale = th_const if out_scale is None else th_const * out_scale
             out = spikes.mul_(scale) if not keep_spikes else spikes * scale
         else:
             # o = s_out * th is written over the spikes unless the caller keeps them
             out = torch.empty_like(spikes) if keep_spikes else None
-            self._loop(zs, spikes, static, self._msat_thresholds(zs, static, theta_in), out)
+            self._loop(zs, spikes, static, self._msat_thresholds(zs, static, theta_in), out, sc)
             out = spikes if out is None else out
             if out_scale is not None:
                 out.mul_(out_scale)
@@ -263,18 +361,19 @@ class SpikingNeuron(MemoryModule):
 
         return thresh
 
-    def _loop(self, zs: Tensor, spikes: Tensor, static: bool, thresh, out: Optional[Tensor]) -> None:
-        """The time loop: V_pre = V + z, fire, spike confidence, reset.
+    def _loop(self, zs: Tensor, spikes: Tensor, static: bool, thresh, out: Optional[Tensor],
+              sc: Optional[SCLayer]) -> None:
+        """The time loop: V_pre = V + z, fire, spike confidence, reset, negative spikes, output mask.
 
         ``thresh(i, t)`` gives th(t). A constant threshold leaves the output to the caller;
         otherwise o = s_out * th goes into ``out[i]``, or over ``spikes[i]`` when ``out`` is None.
         """
         cfg = self.cfg
-        v, vsum = self.v, self.vsum
+        v, vsum, mask = self.v, self.vsum, self.mask
         gamma, hard = cfg.gamma, cfg.reset == "hard"
-        adaptive = cfg.threshold != "fixed"
-        sc = self.sc_layer and self.sc_p is not None
-        u = torch.empty_like(v) if sc else None
+        adaptive = self.dynamics == "msat"
+        u = torch.empty_like(v) if sc is not None else None
+        signed = self.signed
         for i in range(spikes.shape[0]):
             t = self.t + i
             th = thresh(i, t)                                  # uses V(t-1): before the update
@@ -285,10 +384,10 @@ class SpikingNeuron(MemoryModule):
             else:
                 torch.div(v, th, out=s).floor_().clamp_(0, gamma)
             drop = None
-            if sc and t < self.sc_E:
-                torch.rand(u.shape, generator=self.sc_generator, dtype=u.dtype, device=u.device, out=u)
-                keep = u.lt_(self.sc_p)                        # c ~ Bernoulli(p), as 0/1 values
-                if self.sc_filtered:
+            if sc is not None and t < sc.E:
+                torch.rand(u.shape, generator=sc.generator, dtype=u.dtype, device=u.device, out=u)
+                keep = u.lt_(sc.p)                             # c ~ Bernoulli(p), as 0/1 values
+                if sc.filtered:
                     s.mul_(keep)                               # s_reset = s_out
                 else:
                     drop = keep                                # s_reset = s, dropped after the reset
@@ -298,8 +397,13 @@ class SpikingNeuron(MemoryModule):
                 v.sub_(s, alpha=th)
             else:
                 v.addcmul_(s, th, value=-1.0)
+            if signed is not None:                             # SpiCalib: negative spikes after long silence
+                out_s, signed = signed_step(s, signed, t, self.allowance, self.debt)
+                s.copy_(out_s)
             if drop is not None:
                 s.mul_(drop)                                   # s_out = c * s
+            if mask is not None:
+                s.mul_(mask)                                   # SRP: a masked neuron's spikes are not emitted
             if vsum is not None:
                 vsum.add_(v)
             if adaptive:
@@ -307,7 +411,8 @@ class SpikingNeuron(MemoryModule):
                     torch.mul(s, th, out=out[i])
                 else:
                     s.mul_(th)
+        self.signed = signed
 
 
-__all__ = ["fire", "reset_potential", "fixed_step", "msat_threshold", "msat_step", "spike_confidence",
-           "MemoryModule", "reset_net", "SpikingNeuron"]
+__all__ = ["fire", "reset_potential", "fixed_step", "msat_threshold", "msat_step", "signed_step",
+           "spike_confidence", "SignedState", "SCLayer", "MemoryModule", "reset_net", "SpikingNeuron", "DYNAMICS"]

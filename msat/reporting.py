@@ -55,6 +55,14 @@ def load_reference(name: str) -> list[dict] | None:
     return [dict(r) for r in _read_csv(str(path))] if path.is_file() else None
 
 
+def load_anchors() -> list[dict]:
+    """The rival methods' published numbers (``anchors/baselines.csv`` of the shared folder, shipped as
+    ``msat/reference/baselines.csv``): method, source, dataset, model, ann_acc, T, snn_acc, note."""
+    path = shared_dir() / "anchors" / "baselines.csv" if os.environ.get("MSAT_SHARED_DIR") else \
+        BUNDLED_REFERENCE / "baselines.csv"
+    return [dict(r) for r in _read_csv(str(path))] if path.is_file() else []
+
+
 def paper_row(table: int | str, method: str, dataset: str, model: str) -> dict | None:
     """The paper's row (``paper_tables.csv``) for one method / dataset / model, or None."""
     for r in load_reference("paper_tables") or []:
@@ -68,9 +76,10 @@ def parse_note(note: str | None) -> dict[str, str]:
     return dict(re.findall(r"(\w+)=(\S+)", note or ""))
 
 
-def authors_run_name(neuron: Mapping, sc: Mapping) -> str:
-    """The authors' run name for a neuron/sc config: ``snn_VthHand-1.0_useDET_True_useDTT_True_useSC_False``."""
-    msat = neuron.get("threshold") == "msat"
+def authors_run_name(dynamics: str, neuron: Mapping, sc: Mapping) -> str:
+    """The authors' run name for a method's dynamics and neuron/sc config:
+    ``snn_VthHand-1.0_useDET_True_useDTT_True_useSC_False`` (MSAT) or ``snn_VthHand0.2_...`` (fixed k)."""
+    msat = dynamics == "msat"
     vth = "-1.0" if msat else f"{float(neuron.get('k', 1.0))}"
     det = bool(msat and neuron.get("use_det", True))
     dtt = bool(msat and neuron.get("use_dtt", True))
@@ -165,16 +174,17 @@ def save_figure(fig: Any, path: str | os.PathLike) -> Path:
 
 def draw_curves(ax: Any, series: Mapping[str, Sequence[float]], title: str = "", ylabel: str = "accuracy (%)",
                 hlines: Mapping[str, float] | None = None, refs: Mapping[str, Mapping[int, float]] | None = None,
-                logx: bool = True, shade_before: int | None = None) -> None:
-    """Lines over t = 1..len (``series``), dotted horizontal lines (``hlines``), dashed markers at
-    sparse T (``refs``, e.g. the authors' curves) and a green band for t < ``shade_before`` (SC steps)."""
+                logx: bool = True, shade_before: int | None = None, legend_outside: bool = False) -> None:
+    """Lines over t = 1..len (``series``), dashed horizontal lines (``hlines``, e.g. the ANN), dotted
+    markers at sparse T (``refs``, e.g. the authors' curves) and a green band for t < ``shade_before``
+    (SC steps); ``legend_outside`` puts the legend right of the axes (many series)."""
     for label, ys in series.items():
         ax.plot(range(1, len(ys) + 1), list(ys), label=label)
-    for label, y in (hlines or {}).items():
-        ax.axhline(y, linestyle=":", color="gray", label=label)
+    for (label, y), color in zip((hlines or {}).items(), ("black", "gray", "brown")):
+        ax.axhline(y, linestyle="--", color=color, linewidth=1, label=label)
     for label, pts in (refs or {}).items():
         ts = sorted(pts)
-        ax.plot(ts, [pts[t] for t in ts], linestyle="--", marker="o", markersize=3, label=label)
+        ax.plot(ts, [pts[t] for t in ts], linestyle=":", marker="o", markersize=3, label=label)
     if shade_before:
         ax.axvspan(1, shade_before, color="green", alpha=0.12, label=f"SC (t < {shade_before})")
     if logx:
@@ -183,7 +193,10 @@ def draw_curves(ax: Any, series: Mapping[str, Sequence[float]], title: str = "",
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=6)
+    if legend_outside:
+        ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    else:
+        ax.legend(fontsize=6)
 
 
 def plot_panels(panels: Sequence[Mapping[str, Any]], path: str | os.PathLike, ncols: int = 2) -> Path:

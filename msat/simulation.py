@@ -106,12 +106,20 @@ class _Plan:
         return _Step(node, kind, fn, free)
 
 
+def _signature(snn: SpikingNetwork) -> tuple:
+    """What the plan depends on: the graph's nodes and the modules they call."""
+    gm = snn.graph_module
+    return tuple((n, gm.get_submodule(n.target) if n.op == "call_module" else n.target) for n in gm.graph.nodes)
+
+
 def _plan(snn: SpikingNetwork) -> _Plan:
-    plan = getattr(snn, "_sim_plan", None)
-    if plan is None:
-        plan = _Plan(snn)
-        object.__setattr__(snn, "_sim_plan", plan)
-    return plan
+    """The network's cached plan, rebuilt when its graph (or a module it calls) changed."""
+    sig = _signature(snn)
+    cached = getattr(snn, "_sim_plan", None)
+    if cached is None or cached[0] != sig:
+        cached = (sig, _Plan(snn))
+        object.__setattr__(snn, "_sim_plan", cached)
+    return cached[1]
 
 
 def _fetch_attr(gm: fx.GraphModule, target: str) -> Any:
@@ -154,37 +162,43 @@ def _check_steps(T: Any, chunk: Any) -> None:
             raise SimulationError(f"{name} must be a positive integer, got {v!r}")
 
 
-def _seed_sc(snn: SpikingNetwork, x: Tensor, generator: Optional[torch.Generator]) -> None:
-    """One generator per SC layer, seeded from the run's generator: draws do not depend on chunking."""
-    layers = [m for _, m in snn.neuron_layers() if m.sc_layer]
-    missing = [m.name for m in layers if m.sc_p is None]
-    if missing:
-        raise SimulationError(f"spike confidence is enabled but p is not set for layers {missing}: set sc.p, "
-                              "or derive it (msat.measure.derive_sc_p) and call snn.set_sc_p")
-    for m in layers:
-        dev = generator.device if generator is not None else torch.device("cpu")
-        seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=dev))
-        g = torch.Generator(device=x.device)
-        g.manual_seed(seed)
-        m.sc_generator = g
-
-
 def simulate(snn: SpikingNetwork, x: Tensor, T: int, chunk: int = 32,
-             generator: Optional[torch.Generator] = None, observers: Sequence[Observer] = ()) -> Tensor:
+             generator: Optional[torch.Generator] = None, observers: Sequence[Observer] = (),
+             return_output: bool = True) -> Optional[Tensor]:
     """Run ``snn`` for ``T`` steps on the batch ``x`` (direct coding: ``x`` at every step).
 
     Returns (T, B, ...): the output layer's value at each step (not cumulative). All state is
-    reset first; ``generator`` seeds the spike-confidence draws (reproducible runs).
+    reset first; a method with a pre-simulation (SRP) runs it before the T steps;
+    ``generator`` seeds the spike-confidence draws (reproducible runs). ``return_output=False``
+    streams the output to the observers only (memory independent of T) and returns None.
     """
     _check_steps(T, chunk)
     if not isinstance(snn, SpikingNetwork):
         raise SimulationError(f"simulate expects a SpikingNetwork from msat.convert, got {type(snn).__name__}")
     if not isinstance(x, Tensor) or x.dim() == 0:
         raise SimulationError("x must be a batched tensor (B, ...)")
+    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        raise SimulationError("x holds NaN or inf values: the simulation would predict from NaN")
+    if snn.sc.active and not 1 <= snn.sc.E <= T:
+        raise SimulationError(f"spike confidence acts for t < sc.E={snn.sc.E}, beyond T={T}: simulate at least "
+                              f"sc.E steps or convert with a smaller sc.E")
+    reset_net(snn)
+    try:
+        with torch.no_grad():
+            if snn.method is not None:
+                snn.method.presimulate(snn, x, chunk)
+            return run_steps(snn, x, T, chunk, generator, observers, return_output)
+    finally:
+        reset_net(snn)
+
+
+def run_steps(snn: SpikingNetwork, x: Tensor, T: int, chunk: int = 32, generator: Optional[torch.Generator] = None,
+              observers: Sequence[Observer] = (), return_output: bool = True) -> Optional[Tensor]:
+    """The engine's time loop from the neurons' current state (``simulate`` resets it first); used
+    by pre-simulations. Returns (T, B, ...) outputs (None with ``return_output=False``)."""
     plan = _plan(snn)
     gm = snn.graph_module
-    reset_net(snn)
-    _seed_sc(snn, x, generator)
+    sc = snn.sc.for_simulation(generator, x.device)
     B = x.shape[0]
     keep_spikes = len(observers) > 0
     out: Optional[Tensor] = None
@@ -194,16 +208,17 @@ def simulate(snn: SpikingNetwork, x: Tensor, T: int, chunk: int = 32,
         static = _run_static(snn, plan, x)
         for t0 in range(0, T, chunk):
             Tc = min(chunk, T - t0)
-            y = _run_chunk(snn, plan, gm, static, Tc, B, t0, keep_spikes, observers)
+            y = _run_chunk(snn, plan, gm, static, Tc, B, t0, keep_spikes, observers, sc)
             y = y.view(Tc, B, *y.shape[1:])                                # (Tc, B, classes)
-            if out is None:
-                out = y.new_empty((T, *y.shape[1:]))                       # (T, B, classes)
-            out[t0:t0 + Tc] = y
+            if return_output:
+                if out is None:
+                    out = y.new_empty((T, *y.shape[1:]))                   # (T, B, classes)
+                out[t0:t0 + Tc] = y
+                y = out[t0:t0 + Tc]
             for o in observers:
-                o.on_output(out[t0:t0 + Tc], t0)
+                o.on_output(y, t0)
         for o in observers:
             o.on_batch_end()
-    reset_net(snn)
     return out
 
 
@@ -218,7 +233,7 @@ def _aliased(z: Tensor, src: fx.Node, env: dict, static: dict) -> bool:
 
 
 def _run_chunk(snn: SpikingNetwork, plan: _Plan, gm: fx.GraphModule, static: dict, Tc: int, B: int, t0: int,
-               keep_spikes: bool, observers: Sequence[Observer]) -> Tensor:
+               keep_spikes: bool, observers: Sequence[Observer], sc: dict) -> Tensor:
     """One chunk of Tc steps through the dynamic part; returns the folded output (Tc*B, ...)."""
     env: dict = {}
     folded: dict = {}
@@ -243,7 +258,7 @@ def _run_chunk(snn: SpikingNetwork, plan: _Plan, gm: fx.GraphModule, static: dic
             z = static[src] if is_static else env[src]
             consume = src in step.free and not is_static and not _aliased(z, src, env, static)
             res, spikes = step.fn.run_chunk(z, Tc, B, static=is_static, keep_spikes=keep_spikes,
-                                            consume=consume)
+                                            consume=consume, sc=sc.get(step.fn.name))
             for o in observers:
                 o.on_spikes(step.fn.name, spikes, t0)
         elif step.kind == "pool":
@@ -289,4 +304,4 @@ def tune_cpu_allocator(threshold_bytes: int = 1 << 30) -> bool:
         return False
 
 
-__all__ = ["Observer", "SimulationError", "simulate", "tune_cpu_allocator"]
+__all__ = ["Observer", "SimulationError", "simulate", "run_steps", "tune_cpu_allocator"]

@@ -9,14 +9,12 @@ channels-last apply on CUDA only. Under ``torchrun`` it trains with DDP (NCCL on
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import os
+import signal
 import sys
 import time
-from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -24,88 +22,18 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Subset
 
 from .checkpoint import default_ckpt_path, last_ckpt_path, load_checkpoint, save_checkpoint
-from .data import build_data, build_loader, list_datasets
+from .data import build_data, build_loader
 from .loggers import RunLogger
-from .models import create_model, list_models
-from .utils import (DistEnv, UserError, capture_rng_state, hydra_run_dir, restore_rng_state, seed_everything,
-                    setup_distributed, to_plain, versions)
+from .models import build_model
+from .models.build import check_input
+from .config import TrainConfig, TrainRunConfig, from_mapping
+from .utils import (DistEnv, Interrupted, StopSignals, UserError, all_reduce_sum, capture_rng_state, hydra_run_dir,
+                    restore_rng_state, resume_command, seed_everything, setup_distributed, to_plain, versions)
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainConfig:
-    """The ``train`` config group (conf/train/default.yaml documents every field)."""
-    epochs: int = 300
-    batch_size: int = 128
-    eval_batch_size: int = 128
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    nesterov: bool = False
-    label_smoothing: float = 0.0
-    warmup_epochs: int = 0
-    num_workers: int = 0
-    amp: bool = True
-    channels_last: bool = True
-    deterministic: bool = False
-    progress: bool = True
-    resume: bool = False
-    ckpt_path: str | None = None
-    max_steps_per_epoch: int | None = None
-    max_eval_batches: int | None = None
-    stop_after_epochs: int | None = None
-
-
-def train_config(node: Mapping | None) -> TrainConfig:
-    """Validate the ``train`` node: unknown keys and out-of-range values raise :class:`UserError`."""
-    d = dict(to_plain(node) or {})
-    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(d) - set(fields))
-    if unknown:
-        raise UserError(f"unknown train option(s) {', '.join(unknown)}; valid: {', '.join(fields)}")
-    out = {}
-    for k, v in d.items():
-        typ = fields[k].type
-        if v is None:
-            if "None" not in typ:
-                raise UserError(f"train.{k} must not be null")
-            out[k] = None
-            continue
-        base = typ.split("|")[0].strip()
-        try:
-            if base == "bool":
-                if not isinstance(v, bool):
-                    raise ValueError
-                out[k] = v
-            elif base == "int":
-                if isinstance(v, bool) or float(v) != int(float(v)):
-                    raise ValueError
-                out[k] = int(v)
-            elif base == "float":
-                out[k] = float(v)
-            else:
-                out[k] = str(v)
-        except (TypeError, ValueError):
-            raise UserError(f"train.{k}={v!r} is not a valid {base}") from None
-    t = TrainConfig(**out)
-    for k in ("epochs", "batch_size", "eval_batch_size"):
-        if getattr(t, k) < 1:
-            raise UserError(f"train.{k} must be >= 1, got {getattr(t, k)}")
-    for k in ("max_steps_per_epoch", "max_eval_batches", "stop_after_epochs"):
-        if getattr(t, k) is not None and getattr(t, k) < 1:
-            raise UserError(f"train.{k} must be >= 1 or null, got {getattr(t, k)}")
-    if t.lr <= 0 or t.momentum < 0 or t.weight_decay < 0 or not 0 <= t.label_smoothing < 1:
-        raise UserError("train.lr must be > 0, momentum and weight_decay >= 0, label_smoothing in [0, 1)")
-    if not 0 <= t.warmup_epochs < t.epochs:
-        raise UserError(f"train.warmup_epochs must be in [0, epochs), got {t.warmup_epochs}")
-    if t.num_workers < 0:
-        raise UserError(f"train.num_workers must be >= 0, got {t.num_workers}")
-    return t
 
 
 def lr_factor(epoch: int, epochs: int, warmup_epochs: int = 0) -> float:
@@ -122,7 +50,7 @@ def _all_reduce_sums(values: list[float], env: DistEnv, device: torch.device) ->
     if not env.enabled:
         return values
     t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t)
+    all_reduce_sum([t])
     return t.tolist()
 
 
@@ -143,15 +71,26 @@ def _bar(it: Any, enabled: bool, **kw: Any) -> Any:
     return tqdm(it, leave=False, dynamic_ncols=True, **kw)
 
 
+def _stop_everywhere(stop: Any, env: DistEnv | None, device: torch.device) -> bool:
+    """Whether a stop signal arrived on any rank (DDP ranks must leave the epoch at the same step)."""
+    flag = 1.0 if stop is not None and stop.requested else 0.0
+    if env is not None and env.enabled:
+        flag = _all_reduce_sums([flag], env, device)[0]
+    return flag > 0
+
+
 def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
                     scaler: torch.amp.GradScaler, device: torch.device, amp: bool, channels_last: bool,
                     label_smoothing: float = 0.0, max_steps: int | None = None,
-                    progress: bool = False, desc: str = "") -> tuple[float, float, int]:
-    """One pass over ``loader``; returns this process's (loss sum, correct count, sample count)."""
+                    progress: bool = False, desc: str = "", stop: Any = None,
+                    env: DistEnv | None = None) -> tuple[float, float, int]:
+    """One pass over ``loader``; returns this process's (loss sum, correct count, sample count).
+
+    ``stop`` (a ``StopSignals``): the pass ends early, at a step boundary, once a signal arrived."""
     model.train()
     loss_sum, correct, count = 0.0, 0.0, 0
     for step, (x, y) in enumerate(_bar(loader, progress, desc=desc)):
-        if max_steps is not None and step >= max_steps:
+        if (max_steps is not None and step >= max_steps) or _stop_everywhere(stop, env, device):
             break
         x, y = _to_device(x, device, channels_last), y.to(device, non_blocking=True)
         with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
@@ -191,17 +130,61 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, amp: bo
 
 # ----------------------------------------------------------------------------- run function
 
-def _check_names(cfg: Mapping) -> None:
-    if cfg["model"]["name"] not in list_models():
-        raise UserError(f"unknown model {cfg['model']['name']!r}; valid models: {', '.join(list_models())}")
-    if cfg["dataset"]["name"] not in list_datasets():
-        raise UserError(f"unknown dataset {cfg['dataset']['name']!r}; "
-                        f"valid datasets: {', '.join(list_datasets())}")
+def check_config(cfg: Any) -> TrainRunConfig:
+    """Every check that can fail before compute: keys, types and ranges of every group, names."""
+    from .data import dataset_config
+    from .models.build import activation_sites, model_spec
+
+    rc = from_mapping(TrainRunConfig, cfg)
+    ds = dataset_config(rc.dataset)
+    activation_sites(model_spec(to_plain(cfg)["model"]), ds["num_classes"])      # the model's arguments
+    return rc
 
 
-def _default_run_dir(cfg: DictConfig) -> Path:
-    stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
-    return Path(cfg.paths.output_dir) / "train" / f"{cfg.dataset.name}_{cfg.model.name}" / stamp
+def _default_run_dir(rc: TrainRunConfig) -> Path:
+    from .runs import run_id
+
+    return Path(rc.paths.output_dir) / "train" / f"{rc.dataset['name']}_{rc.model.name}" / run_id()
+
+
+# keys of the saved config that a resumed run must share: anything else would be silently ignored
+RESUME_KEYS = ("seed", "dataset", "train.epochs", "train.batch_size", "train.lr", "train.momentum",
+               "train.weight_decay", "train.nesterov", "train.label_smoothing", "train.warmup_epochs",
+               "train.lambda_lr", "train.amp")
+
+
+def _get(d: Any, dotted: str) -> Any:
+    for k in dotted.split("."):
+        d = d.get(k) if isinstance(d, Mapping) else None
+    return d
+
+
+def check_resume(resume: Mapping, config: Mapping, spec: Mapping, path: Path) -> None:
+    """A resume state must come from the same model, data, optimizer and schedule as this run."""
+    saved_spec = resume.get("model_spec") or {}
+    if not isinstance(resume.get("model"), Mapping) or "optimizer" not in resume or "rng" not in resume:
+        raise UserError(f"{path} is not a training state of train_ann.py (no model/optimizer/rng); "
+                        "set train.resume=false or point train.ckpt_path elsewhere")
+    if saved_spec and saved_spec != spec or resume.get("model_name") not in (None, spec["name"]):
+        diff = [k for k in spec if saved_spec.get(k) != spec[k]] if saved_spec else ["name"]
+        shown = ", ".join(f"{k}: {saved_spec.get(k, resume.get('model_name'))!r} vs {spec[k]!r}" for k in diff)
+        raise UserError(f"{path} holds model {resume.get('model_name')!r}, this run builds {spec['name']!r} "
+                        f"({shown}); set train.ckpt_path or train.resume=false")
+    saved = resume.get("config") or {}
+    diff = [k for k in RESUME_KEYS if _get(saved, k) != _get(config, k)]
+    if diff:
+        shown = "; ".join(f"{k}: saved {_get(saved, k)!r}, now {_get(config, k)!r}" for k in diff)
+        raise UserError(f"train.resume=true: {path} was trained with other values ({shown}); resume with the "
+                        "original values or start a new run (train.resume=false, another train.ckpt_path)")
+
+
+def write_config(path: Path, config: Mapping) -> None:
+    """The resolved config of the run as YAML (atomic)."""
+    from omegaconf import OmegaConf
+
+    from .utils import atomic_write_text
+
+    atomic_write_text(path, OmegaConf.to_yaml(OmegaConf.create(dict(config))))
 
 
 def _train_loader(ds: Dataset, t: TrainConfig, seed: int, env: DistEnv,
@@ -244,49 +227,54 @@ def _gather(obj: Any, env: DistEnv) -> list:
     return out
 
 
-def train(cfg: DictConfig | Mapping, run_dir: str | os.PathLike | None = None) -> dict:
+def train(cfg: Any, run_dir: str | os.PathLike | None = None) -> dict:
     """Train ``cfg.model`` on ``cfg.dataset`` with ``cfg.train``; returns
     ``{"best_acc", "final_acc", "ckpt", "run_dir"}`` (accuracies as fractions)."""
-    if not isinstance(cfg, DictConfig):
-        cfg = OmegaConf.create(dict(cfg))
-    t = train_config(cfg.train)
-    _check_names(cfg)
-    ckpt_path = Path(t.ckpt_path) if t.ckpt_path else default_ckpt_path(cfg)
+    rc = check_config(cfg)
+    config = dict(to_plain(cfg))
+    ckpt_path = Path(rc.train.ckpt_path) if rc.train.ckpt_path else default_ckpt_path(config)
     last_path = last_ckpt_path(ckpt_path)
     resume = None
-    if t.resume:
+    if rc.train.resume:
         if last_path.is_file():
             resume = load_checkpoint(last_path)
-            if resume.get("model_name") != cfg.model.name:
-                raise UserError(f"{last_path} holds model {resume.get('model_name')!r}, "
-                                f"not {cfg.model.name!r}; set train.ckpt_path or train.resume=false")
         else:
             log.warning("train.resume=true but %s does not exist: starting from scratch", last_path)
-
-    env, device = setup_distributed(cfg.get("device", "auto"))
+    env, device = setup_distributed(rc.device)
     try:
-        return _train(cfg, t, env, device, ckpt_path, last_path, resume, run_dir)
+        return _train(rc, config, env, device, ckpt_path, last_path, resume, run_dir)
     finally:
         if env.owns_group:
             dist.destroy_process_group()
 
 
-def _train(cfg: DictConfig, t: TrainConfig, env: DistEnv, device: torch.device, ckpt_path: Path,
+def _optimizer(model: nn.Module, t: TrainConfig) -> torch.optim.Optimizer:
+    """SGD; QCFS clipping levels (``lam``) get ``train.lambda_lr`` when set."""
+    lam = [p for n, p in model.named_parameters() if n.endswith(".lam") or n == "lam"]
+    rest = [p for n, p in model.named_parameters() if not (n.endswith(".lam") or n == "lam")]
+    groups = [{"params": rest}]
+    if lam:
+        groups.append({"params": lam, **({"lr": t.lambda_lr} if t.lambda_lr is not None else {})})
+    return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay, nesterov=t.nesterov)
+
+
+def _train(rc: TrainRunConfig, config: dict, env: DistEnv, device: torch.device, ckpt_path: Path,
            last_path: Path, resume: dict | None, run_dir: str | os.PathLike | None) -> dict:
-    seed = int(cfg.get("seed", 0))
+    t, seed = rc.train, rc.seed
     seed_everything(seed, deterministic=t.deterministic)
     if device.type == "cuda" and not t.deterministic:
         torch.backends.cudnn.benchmark = True
-    bundle = build_data(cfg.dataset, artifacts=resume["artifacts"] if resume else None)
-    kwargs = cfg.model.get("kwargs")
-    model_kwargs = {**bundle.model_kwargs, **(OmegaConf.to_container(kwargs, resolve=True) if kwargs else {})}
-    model = create_model(cfg.model.name, num_classes=bundle.num_classes, **model_kwargs).to(device)
+    bundle = build_data(rc.dataset, artifacts=resume["artifacts"] if resume else None)
+    model, spec = build_model(config["model"], bundle.num_classes, bundle.model_kwargs)
+    if resume is not None:
+        check_resume(resume, config, spec, last_path)
+    check_input(model, bundle.train[0][0].unsqueeze(0), spec, bundle.name)
+    model = model.to(device)
     cuda = device.type == "cuda"
     amp, channels_last = t.amp and cuda, t.channels_last and cuda and len(bundle.input_shape) == 3
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum,
-                                weight_decay=t.weight_decay, nesterov=t.nesterov)
+    optimizer = _optimizer(model, t)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda e: lr_factor(e, t.epochs, t.warmup_epochs))
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
@@ -315,18 +303,19 @@ def _train(cfg: DictConfig, t: TrainConfig, env: DistEnv, device: torch.device, 
     if env.enabled:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
 
-    run_dir = Path(run_dir) if run_dir is not None else (hydra_run_dir() or _default_run_dir(cfg))
-    config = OmegaConf.to_container(cfg, resolve=True)
+    run_dir = Path(run_dir) if run_dir is not None else (hydra_run_dir() or _default_run_dir(rc))
     progress = t.progress and env.is_main and sys.stderr.isatty()
-    base = {"config": config, "artifacts": bundle.artifacts, "model_name": cfg.model.name,
-            "model_kwargs": model_kwargs, "num_classes": bundle.num_classes,
-            "input_shape": tuple(bundle.input_shape), "dataset": cfg.dataset.name, "versions": versions()}
+    name, ds_name = spec["name"], rc.dataset["name"]
+    base = {"config": config, "artifacts": bundle.artifacts, "model_name": name, "model_spec": spec,
+            "model_kwargs": spec["kwargs"], "num_classes": bundle.num_classes,
+            "input_shape": tuple(bundle.input_shape), "dataset": ds_name, "versions": versions()}
     if env.is_main:
+        write_config(run_dir / "config.yaml", config)
         log.info("training %s on %s (%d train / %d test) on %s for %d epochs; run dir %s",
-                 cfg.model.name, cfg.dataset.name, len(bundle.train), len(bundle.test), device,
-                 t.epochs, run_dir)
+                 name, ds_name, len(bundle.train), len(bundle.test), device, t.epochs, run_dir)
     last_acc, done = None, 0
-    with RunLogger(cfg.get("logger"), run_dir, config, enabled=env.is_main) as rlog:
+    with RunLogger(rc.logger, run_dir, config, enabled=env.is_main, keep_until=start_epoch if resume else None) as rlog, \
+            StopSignals() as signals:
         for epoch in range(start_epoch, t.epochs):
             if t.stop_after_epochs is not None and done >= t.stop_after_epochs:
                 log.info("stopping after %d epochs (train.stop_after_epochs); resume with train.resume=true",
@@ -338,27 +327,35 @@ def _train(cfg: DictConfig, t: TrainConfig, env: DistEnv, device: torch.device, 
             lr = optimizer.param_groups[0]["lr"]
             sums = train_one_epoch(net, train_loader, optimizer, scaler, device, amp, channels_last,
                                    t.label_smoothing, t.max_steps_per_epoch, progress,
-                                   desc=f"epoch {epoch + 1}/{t.epochs}")
+                                   desc=f"epoch {epoch + 1}/{t.epochs}", stop=signals, env=env)
+            if _stop_everywhere(signals, env, device):
+                done_note = f"{last_path} holds epoch {epoch}" if epoch > 0 else "no epoch was completed"
+                cmd = resume_command("train.resume=true", *([f"hydra.run.dir={run_dir}"] if hydra_run_dir() else []))
+                raise Interrupted(f"{signal.Signals(signals.requested or signal.SIGTERM).name}: stopped during epoch "
+                                  f"{epoch + 1} ({done_note}); resume with: {cmd}",
+                                  signals.requested or signal.SIGTERM)
             loss_sum, correct, count = _all_reduce_sums(list(sums), env, device)
             scheduler.step()
             _broadcast_buffers(model, env)
             test_loss, test_acc = evaluate(model, test_loader, device, amp, channels_last,
                                            t.max_eval_batches, env)
             last_acc, done = test_acc, done + 1
-            is_best = test_acc > best_acc
+            is_best = test_acc > best_acc or not ckpt_path.is_file()      # the first epoch is the best so far
             best_acc = max(best_acc, test_acc)
             rngs = _gather(capture_rng_state(gens), env)
             metrics = {"epoch": epoch + 1, "train_loss": loss_sum / max(count, 1),
                        "train_acc": correct / max(count, 1), "test_loss": test_loss, "test_acc": test_acc,
                        "best_acc": best_acc, "lr": lr, "seconds": time.perf_counter() - t0}
             if env.is_main:
+                # the row first: a resume keeps the rows up to the epoch of _last.pt, so a kill between the
+                # two never leaves an epoch unlogged or logged twice
+                rlog.log(metrics, step=epoch + 1)
                 state = {**base, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                          "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                          "rng": rngs, "epoch": epoch + 1, "best_acc": best_acc, "test_acc": test_acc}
                 if is_best:
                     save_checkpoint(ckpt_path, state)
                 save_checkpoint(last_path, state)
-                rlog.log(metrics, step=epoch + 1)
                 log.info("epoch %d/%d  train loss %.4f acc %.4f  test loss %.4f acc %.4f  lr %.4g  %.1fs",
                          epoch + 1, t.epochs, metrics["train_loss"], metrics["train_acc"], test_loss,
                          test_acc, lr, metrics["seconds"])

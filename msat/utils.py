@@ -1,13 +1,15 @@
 """Small shared helpers: errors for users, seeding, devices, atomic writes, RNG state, versions."""
 from __future__ import annotations
 
-import functools
+import dataclasses
+import errno
 import io
 import json
 import logging
 import os
 import platform
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -18,7 +20,6 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 import torch.distributed as dist
-from omegaconf import DictConfig, ListConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +32,71 @@ class UnknownNameError(UserError, ValueError):
     """An unknown model, dataset or option name; the message lists the valid ones."""
 
 
+class Interrupted(Exception):
+    """The run stopped on SIGINT / SIGTERM after saving its resume state; the message says how to resume."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + int(signum)
+
+
+class StopSignals:
+    """``with StopSignals() as stop: ... if stop.requested: ...``: SIGINT (Ctrl-C) and SIGTERM (e.g. SLURM
+    preemption) set ``stop.requested`` (the signal number) so a loop can save its state at the next safe
+    point; a second signal stops at once. Outside the main thread it does nothing."""
+
+    SIGNALS = ("SIGINT", "SIGTERM")
+
+    def __init__(self) -> None:
+        self.requested: int | None = None
+        self._saved: dict = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        import signal
+
+        if self.requested is not None:                 # a second signal: the default behaviour
+            signal.signal(signum, self._saved.get(signum, signal.SIG_DFL))
+            signal.raise_signal(signum)
+            return
+        self.requested = signum
+        log.warning("%s received: stopping after the current step to save the resume state (again: stop now)",
+                    signal.Signals(signum).name)
+
+    def __enter__(self) -> "StopSignals":
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for name in self.SIGNALS:
+                num = getattr(signal, name)
+                self._saved[num] = signal.signal(num, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        import signal
+
+        for num, handler in self._saved.items():
+            signal.signal(num, handler)
+        self._saved = {}
+
+
+def resume_command(*extra: str) -> str:
+    """The command line of this process with ``extra`` overrides replacing those of the same keys."""
+    keys = {e.split("=", 1)[0] for e in extra}
+    args = [a for a in sys.argv[1:] if a.split("=", 1)[0].lstrip("+~") not in keys]
+    return " ".join(["python", os.path.basename(sys.argv[0]) if sys.argv else "", *args, *extra]).strip()
+
+
 def to_plain(obj: Any) -> Any:
-    """DictConfig/ListConfig -> plain, resolved containers; any other object is returned unchanged."""
-    if isinstance(obj, (DictConfig, ListConfig)):
+    """DictConfig/ListConfig -> plain, resolved containers; any other object is returned unchanged.
+
+    A dataclass instance (a validated config) becomes a dict. OmegaConf is imported only when given
+    one of its nodes (the library core runs without it)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.asdict(obj)
+    if type(obj).__module__.startswith("omegaconf"):
+        from omegaconf import OmegaConf
+
         return OmegaConf.to_container(obj, resolve=True)
     return obj
 
@@ -75,6 +138,32 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
 
 # ----------------------------------------------------------------------------- atomic writes
 
+def _size(n: int) -> str:
+    return f"{n / 2**20:.1f} MB" if n >= 2**20 else f"{max(n, 1) / 2**10:.0f} kB"
+
+
+class DiskFullError(UserError, OSError):
+    """No space left writing a file: names the file, the space it needs and what is free."""
+
+    def __init__(self, path: str | os.PathLike, need: int, note: str | None = None):
+        path = Path(path)
+        where = path
+        while not where.exists() and where != where.parent:
+            where = where.parent
+        free = shutil.disk_usage(where).free
+        self.path, self.need = path, need
+        note = note or f"{path.name} is unchanged (written atomically)"
+        super().__init__(f"no space left on the device writing {path} (it needs about {_size(need)}, "
+                         f"{_size(free)} free); free some space and rerun: {note}")
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically: a temporary file in the same folder, then ``os.replace``.
 
@@ -82,16 +171,24 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise DiskFullError(path, len(data)) from None
+        raise
+    try:
+        os.fchmod(fd, 0o666 & ~_UMASK)                   # mkstemp's 0600 -> what open() would give
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            raise DiskFullError(path, len(data)) from None
         raise
     return path
 
@@ -208,36 +305,6 @@ def hydra_run_dir() -> Path | None:
         return None
 
 
-def _in_multirun() -> bool:
-    try:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
-
-        return HydraConfig.get().mode == RunMode.MULTIRUN
-    except (ImportError, ValueError):
-        return False
-
-
-def exit_on_user_error(fn: Callable) -> Callable:
-    """Decorate an entry point: a :class:`UserError` prints one line and exits with code 2.
-
-    In a Hydra multirun the error is logged and re-raised instead, so that Hydra marks only
-    that job as failed and the other jobs still run.
-    """
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except UserError as e:
-            if _in_multirun():
-                log.error("error: %s", e)
-                raise
-            print(f"error: {e}", file=sys.stderr)
-            raise SystemExit(2) from None
-
-    return wrapper
-
-
 # ----------------------------------------------------------------------------- distributed
 
 @dataclass
@@ -255,6 +322,13 @@ class DistEnv:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+
+def all_reduce_sum(tensors: Any) -> None:
+    """Sum tensors in place across the ranks of torch.distributed when it is initialized (else no-op)."""
+    if dist.is_available() and dist.is_initialized():
+        for t in tensors:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
 
 
 def setup_distributed(device_name: str) -> tuple[DistEnv, torch.device]:

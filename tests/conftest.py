@@ -6,6 +6,9 @@ from pathlib import Path
 import pytest
 from omegaconf import DictConfig, OmegaConf
 
+from msat.hydra_schema import register
+
+register()          # the schemas and method nodes every compose() of conf/ needs
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 

@@ -62,7 +62,7 @@ def test_missing_checkpoint_names_the_training_command(tmp_path):
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
     p = tmp_path / "digits_digits_cnn.pt"
     p.write_bytes(b"not a checkpoint")
-    with pytest.raises(UserError, match="cannot read checkpoint"):
+    with pytest.raises(UserError, match="digits_digits_cnn.pt is not a readable checkpoint"):
         load_checkpoint(p)
 
 

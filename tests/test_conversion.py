@@ -84,7 +84,7 @@ def test_original_model_is_not_modified():
     m = randomize_bn(msat.create_model("digits_cnn"), torch.randn(64, 1, 8, 8))
     m.train()
     before = copy.deepcopy(m.state_dict())
-    msat.convert(m, torch.randn(16, 1, 8, 8), {"neuron": {"threshold": "msat"}})
+    msat.convert(m, torch.randn(16, 1, 8, 8), {"method": "msat"})
     assert m.training
     after = m.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
@@ -140,7 +140,8 @@ def test_dead_layer_theta_zero_never_fires():
     x = torch.rand(8, 4)
     for units in ("normalized", "raw"):
         for thr in ("fixed", "msat"):
-            snn = msat.convert(m, x, {"neuron": {"units": units, "threshold": thr}})
+            with pytest.warns(UserWarning, match="layer '1': calibrated scale 0"):
+                snn = msat.convert(m, x, {"method": {"fixed": "if_max"}.get(thr, thr), "neuron": {"units": units}})
             assert snn.scales["1"].item() == 0.0
             rec = SpikeCounter()
             big = torch.randn(8, 4) * 1000                   # drives some inputs of the dead layer > 0

@@ -14,7 +14,8 @@ import torch
 import torchvision
 from PIL import Image
 
-from msat.data import Cutout, DatasetUnavailableError, build_data, build_loader, list_datasets
+from msat.data import Cutout, DatasetUnavailableError, build_data, build_loader, dataset_config, list_datasets
+from msat.utils import UserError
 from msat.data.imdb import build_vocab, encode, tokenize
 from msat.data.speech import LABELS
 
@@ -28,11 +29,13 @@ def test_every_dataset_has_a_config(group_cfg, tmp_path):
     stems = sorted(p.stem for p in CONF.glob("*.yaml"))
     assert stems == list_datasets()
     for stem in stems:
-        cfg = group_cfg("dataset", stem, tmp_path)
-        assert cfg.name == stem
+        cfg = dataset_config(group_cfg("dataset", stem, tmp_path))          # checked against its schema
+        assert cfg["name"] == stem
         assert {"root", "download", "num_classes"} <= set(cfg)
         if stem in INTERNET:
-            assert cfg.root == f"{tmp_path}/{stem}" and cfg.download is False
+            assert cfg["root"] == f"{tmp_path}/{stem}" and cfg["download"] is False
+    with pytest.raises(UserError, match="unknown key dataset.cutuot; valid keys of dataset: name, root"):
+        dataset_config({"name": "cifar10", "root": "x", "cutuot": 8})
 
 
 def test_unknown_dataset_lists_valid_names():
@@ -57,7 +60,8 @@ def test_digits(group_cfg, tmp_path):
     assert x.shape == (1, 8, 8) and x.dtype == torch.float32 and 0 <= int(y) < 10
 
 
-SYNTH = {"synthetic_cifar": (3, 32, 32), "synthetic_imagenet": (3, 224, 224),
+SYNTH = {"synthetic_cifar": (3, 32, 32), "synthetic_cifar100": (3, 32, 32), "synthetic_digits": (1, 8, 8),
+         "synthetic_imagenet": (3, 224, 224),
          "synthetic_imdb": (32,), "synthetic_speech": (1, 8000)}
 
 
@@ -77,7 +81,8 @@ def _features(name, x):
 
 @pytest.mark.parametrize("name", sorted(SYNTH))
 def test_synthetic_is_deterministic_and_learnable(group_cfg, tmp_path, name):
-    overrides = ("n_train=70", "n_test=70") if name == "synthetic_speech" else ("n_train=32", "n_test=32")
+    overrides = {"synthetic_speech": ("n_train=70", "n_test=70"), "synthetic_cifar100": ("n_train=300", "n_test=200")
+                 }.get(name, ("n_train=32", "n_test=32"))
     cfg = group_cfg("dataset", name, tmp_path, overrides)
     b1, b2 = build_data(cfg), build_data(cfg)
     x, y = _stack(b1.train)
@@ -186,11 +191,10 @@ def test_cifar_real_loader_on_fake_files(group_cfg, tmp_path, monkeypatch, name,
     hole = (xa == (-mean / std)[:, None, None]).all(0)
     assert hole.sum() >= 8 * 8
     # the authors' calibration augmentation is selectable
-    cfg.calib_transform = "crop_flip"
-    assert "RandomCrop" in repr(build_data(cfg).calib.transform)
-    cfg.calib_transform = "val"
+    assert "RandomCrop" in repr(build_data(cfg, calib_transform="crop_flip").calib.transform)
+    assert "AutoAugment" in repr(build_data(cfg, calib_transform="train").calib.transform)
     with pytest.raises(ValueError, match="test, train, crop_flip"):
-        build_data(cfg)
+        build_data(cfg, calib_transform="val")
 
 
 def test_cutout_is_one_clipped_square_and_seeded():

@@ -45,7 +45,7 @@ def digits_run(ckpt_dir, tmp_path_factory):
     """One conversion of digits at T=16, W&B asked online without credentials (falls back to offline);
     batch 100 leaves a last batch of 50 of the 450 test images."""
     tmp = tmp_path_factory.mktemp("run")
-    cfg = make_cfg(tmp, ckpt_dir, "T=16", "neuron=msat", "sim.batch_size=100", "sim.chunk=5", "logger=wandb",
+    cfg = make_cfg(tmp, ckpt_dir, "T=16", "method=msat", "sim.batch_size=100", "sim.chunk=5", "logger=wandb",
                    "logger.mode=online")
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("WANDB_API_KEY", raising=False)
@@ -71,7 +71,11 @@ def test_metrics_schema_and_files(digits_run):
     e = m["energy"]
     assert set(e["op_ann"]) == set(e["op_snn"]) and e["ratio"] > 0 and 0 < e["mean_firing_rate"] < 1
     assert m["timing"]["images"] == 450 and m["timing"]["steps"] == 16 and m["timing"]["image_steps_per_s"] > 0
-    assert m["config"]["T"] == 16 and m["config"]["neuron"]["threshold"] == "msat"
+    assert m["config"]["T"] == 16 and m["config"]["method"]["name"] == "msat" == m["method"]["name"]
+    assert m["method"]["label"] == "MSAT" and m["method"]["dynamics"] == "msat" and m["method"]["ann"] == "relu"
+    assert m["method"]["conversion"]["calib"] == m["config"]["calib"]             # what ran is what is recorded
+    assert set(m["method"]["cost"]) >= {"calib_seconds", "forwards", "presim_steps"}
+    assert (run_dir / "config.yaml").is_file() and set(on_disk["files"]) >= {"acc_curve.csv", "layers.csv", "config.yaml"}
     assert m["versions"]["torch"] == str(torch.__version__)
     curve = (run_dir / "acc_curve.csv").read_text().splitlines()
     assert curve[0] == "t,acc" and len(curve) == 17 and float(curve[16].split(",")[1]) == m["acc"][15]
@@ -96,14 +100,13 @@ def test_accuracy_is_sample_weighted(digits_run, ckpt_dir):
     counts = m["counts"]
     assert counts["total"] == 450
     assert m["acc"] == [c / 450 for c in counts["correct"]]
-    cfg = make_cfg(Path("/nonexistent"), ckpt_dir, "T=16", "neuron=msat")
-    from msat.checkpoint import default_ckpt_path, load_checkpoint
-    from msat.data import build_data
+    cfg = make_cfg(Path("/nonexistent"), ckpt_dir, "T=16", "method=msat")
+    from msat.utils import DistEnv, to_plain
 
-    bundle = build_data(evaluate._data_cfg(cfg))
-    model = evaluate.load_ann(cfg, bundle, load_checkpoint(default_ckpt_path(cfg)), torch.device("cpu"))
-    snn = msat.convert(model, evaluate.calibration_batch(cfg, bundle, 0), evaluate.conversion_cfg(cfg))
-    loader, _ = evaluate.shard_loader(bundle.test, 100, 0, 1)
+    prep = evaluate.prepare(*evaluate.check_config(cfg), to_plain(cfg), Path("/nonexistent"), DistEnv(),
+                            torch.device("cpu"))
+    snn = prep.snn
+    loader, _ = evaluate.shard_loader(prep.bundle.test, 100, 0, 1)
     per_batch, correct = [], torch.zeros(16, dtype=torch.int64)
     for x, y in loader:
         hit = (msat.simulate(snn, x, 16).cumsum(0).argmax(-1) == y).sum(1)    # (T,)
@@ -126,8 +129,8 @@ def test_steps_to_lossless_definition(digits_run):
 
 def test_same_seed_same_numbers_with_sc(ckpt_dir, tmp_path):
     """SC draws come from the run's seeded generator: two runs agree exactly; p is derived per layer."""
-    a = evaluate.run(make_cfg(tmp_path, ckpt_dir, "T=8", "sc=on", "sc.E=4"), run_dir=tmp_path / "a")
-    b = evaluate.run(make_cfg(tmp_path, ckpt_dir, "T=8", "sc=on", "sc.E=4"), run_dir=tmp_path / "b")
+    a = evaluate.run(make_cfg(tmp_path, ckpt_dir, "T=8", "method=msat_sc", "sc.E=4"), run_dir=tmp_path / "a")
+    b = evaluate.run(make_cfg(tmp_path, ckpt_dir, "T=8", "method=msat_sc", "sc.E=4"), run_dir=tmp_path / "b")
     assert a["acc"] == b["acc"] and a["layers"] == b["layers"]
     ps = [L["p"] for L in a["layers"]]
     assert ps[:-1] == [None] * (len(ps) - 1) and 0.0 <= ps[-1] <= 1.0
@@ -138,17 +141,19 @@ def test_report_steps():
     assert evaluate.report_steps(256) == [1, 4, 8, 16, 32, 64, 128, 256]
     assert evaluate.report_steps(20) == [1, 4, 8, 16, 20]
     assert evaluate.report_steps(64, [64, 1, 7]) == [1, 7, 64]
-    with pytest.raises(UserError, match="cannot exceed"):
-        evaluate.report_steps(32, [16, 64])
+    with pytest.raises(UserError, match=r"report_T \[0, 64\] outside 1..T=32"):
+        evaluate.report_steps(32, [0, 16, 64])
 
 
 @pytest.mark.parametrize("overrides, message", [
     (("T=0",), "T must be a positive integer"),
-    (("T=16", "report_T=[8,32]"), "cannot exceed"),
-    (("T=8", "sc=on"), "sc.E=16, beyond T=8"),
+    (("T=16", "report_T=[8,32]"), r"report_T \[32\] outside 1..T=16"),
+    (("T=8", "method=msat_sc"), "sc.E=16, beyond T=8"),
     (("dataset.name=mnist",), "valid datasets: .*digits"),
     (("model.name=alexnet",), "valid models: .*digits_cnn"),
-    (("neuron.threshold=adaptive",), "valid values: fixed, msat"),
+    (("neuron.units=adaptive",), "valid values: normalized, raw"),
+    (("+sim.chunck=8",), "unknown key sim.chunck; valid keys of sim: batch_size, chunk"),
+    (("method=qcfs",), "method 'qcfs' converts a QCFS ANN"),
 ])
 def test_bad_input_fails_before_compute(ckpt_dir, tmp_path, monkeypatch, overrides, message):
     monkeypatch.setattr(msat, "simulate", lambda *a, **k: pytest.fail("simulated despite bad input"))
@@ -160,12 +165,12 @@ def test_missing_and_mismatched_checkpoint(ckpt_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(msat, "simulate", lambda *a, **k: pytest.fail("simulated despite bad input"))
     with pytest.raises(UserError, match=r"create it with: python train_ann.py dataset=digits model=digits_cnn"):
         evaluate.run(make_cfg(tmp_path, tmp_path / "empty"), run_dir=tmp_path / "r")
-    with pytest.raises(UserError, match="does not fit"):
+    with pytest.raises(UserError, match=r"trained with another model .*model.kwargs.width: checkpoint 32, config 16"):
         evaluate.run(make_cfg(tmp_path, ckpt_dir, "model.kwargs.width=16"), run_dir=tmp_path / "r")
 
 
 def test_objective_for_sweeps(ckpt_dir, tmp_path):
-    m = evaluate.run(make_cfg(tmp_path, ckpt_dir, "T=8", "objective_T=4", "neuron=fixed"), run_dir=tmp_path / "r")
+    m = evaluate.run(make_cfg(tmp_path, ckpt_dir, "T=8", "objective_T=4", "method=if_max"), run_dir=tmp_path / "r")
     assert m["objective"] == m["acc"][3]
 
 
@@ -178,7 +183,7 @@ def test_cli_error_and_torchrun_equals_single_process(ckpt_dir, tmp_path, digits
     single, _ = digits_run
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
-           "convert_eval.py", "T=16", "neuron=msat", "sim.batch_size=100", "sim.chunk=5", "sim.progress=false",
+           "convert_eval.py", "T=16", "method=msat", "sim.batch_size=100", "sim.chunk=5", "sim.progress=false",
            "logger=none", "device=cpu", f"paths.ckpt_dir={ckpt_dir}", f"hydra.run.dir={out}"]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -208,7 +213,7 @@ def test_optuna_sweep_maximizes_returned_accuracy(ckpt_dir, tmp_path):
 def test_checkpoint_resume_equals_uninterrupted_run(ckpt_dir, tmp_path):
     """Stopped after 3 of 8 batches (state at 2), then resume=true: the numbers equal one straight run
     with SC on (its seeded draws exercised), and the state file is gone once metrics.json exists."""
-    args = ("T=8", "sc=on", "sc.E=4", "sim.batch_size=64", "sim.chunk=3", "sim.checkpoint_every=2")
+    args = ("T=8", "method=msat_sc", "sc.E=4", "sim.batch_size=64", "sim.chunk=3", "sim.checkpoint_every=2")
     straight = evaluate.run(make_cfg(tmp_path, ckpt_dir, *args), run_dir=tmp_path / "straight")
     assert not (tmp_path / "straight" / "eval_state.pt").exists()
     run_dir = tmp_path / "resumed"
@@ -252,10 +257,13 @@ def test_resume_state_checks(ckpt_dir, tmp_path, monkeypatch):
         evaluate.load_eval_state(tmp_path / "eval_state.pt", {}, tmp_path, 1, torch.device("cpu"))
     assert evaluate.load_eval_state(tmp_path / "eval_state.rank1.pt", {}, tmp_path, 2, torch.device("cpu")) is None
     monkeypatch.setattr(msat, "simulate", lambda *a, **k: pytest.fail("simulated despite bad input"))
-    for bad, message in (("sim.checkpoint_every=-1", "checkpoint_every"), ("sim.stop_after_batches=0", "stop_after"),
-                         ("resume=maybe", "resume is true or false")):
+    for bad, message in (("sim.checkpoint_every=-1", "checkpoint_every"), ("sim.stop_after_batches=0", "stop_after")):
         with pytest.raises(UserError, match=message):
             evaluate.run(make_cfg(tmp_path, ckpt_dir, bad), run_dir=tmp_path / "r")
+    from omegaconf import OmegaConf
+    raw = OmegaConf.to_container(make_cfg(tmp_path, ckpt_dir), resolve=True)
+    with pytest.raises(UserError, match="resume must be true or false, got 'maybe'"):
+        evaluate.run({**raw, "resume": "maybe"}, run_dir=tmp_path / "r")
 
 
 def test_every_rank_needs_a_test_batch():
@@ -264,3 +272,30 @@ def test_every_rank_needs_a_test_batch():
     evaluate.check_shards(65, 64, 2)                        # 2 batches: one each
     with pytest.raises(UserError, match="2 processes"):
         evaluate.check_shards(64, 64, 2)
+
+
+def test_what_ran_is_what_is_recorded_and_a_relaunch_repeats_it(ckpt_dir, tmp_path):
+    """The authors' calibration loader (200 shuffled images) and MSAT + SC: metrics.json's config holds the
+    calibration block exactly as composed, the conversion record equals it and says 200 images were used;
+    re-launched from the recorded config (library and command line) the run gives identical numbers."""
+    cfg = make_cfg(tmp_path, ckpt_dir, "T=16", "method=msat_sc", "calib=authors", "calib.batch_size=200",
+                   "sim.batch_size=150")
+    from omegaconf import OmegaConf
+
+    composed = OmegaConf.to_container(cfg, resolve=True)
+    first = evaluate.run(cfg, run_dir=tmp_path / "first")
+    assert first["config"]["calib"] == composed["calib"] == {"percentile": 1.0, "per_channel": False, "batches": 1,
+                                                             "batch_size": 200, "transform": "crop_flip",
+                                                             "shuffle": True}
+    assert first["method"]["conversion"]["calib"] == composed["calib"]
+    assert first["method"]["cost"]["calib_images"] == 200
+    again = evaluate.run(first["config"], run_dir=tmp_path / "again")              # the library
+    for key in ("acc", "counts", "layers", "energy", "ann_acc"):
+        assert again[key] == first[key], key
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
+    r = subprocess.run([sys.executable, "convert_eval.py", "--config-path", str(tmp_path / "first"),
+                        "--config-name", "config", f"hydra.run.dir={tmp_path / 'cli'}"], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    cli = json.loads((tmp_path / "cli" / "metrics.json").read_text())
+    assert cli["acc"] == first["acc"] and cli["layers"] == first["layers"]

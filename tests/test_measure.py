@@ -10,7 +10,7 @@ import torch.nn as nn
 
 import msat
 from msat.measure import (AccuracyCurve, SpikeStats, derive_sc_p, energy_ratio, energy_report, layer_macs,
-                          resolve_sc_p, spike_feeders)
+                          spike_feeders)
 from msat.simulation import Observer
 
 # -- a hand-built two-layer case -------------------------------------------------------------
@@ -152,21 +152,23 @@ def test_accuracy_curve_observer_chunks_match_update():
 
 # -- SC p -----------------------------------------------------------------------------------
 
-def test_resolve_sc_p():
+def test_parse_sc_p_is_the_one_parser():
+    from msat.config import ConfigError, parse_sc_p
+
     layers = ["l1", "l2"]
-    derived = {"l1": 0.9, "l2": 0.7}
-    assert resolve_sc_p(None, layers, derived) == derived
-    assert resolve_sc_p(0.5, layers, derived) == {"l1": 0.5, "l2": 0.5}
-    assert resolve_sc_p([0.1, 0.2], layers) == {"l1": 0.1, "l2": 0.2}
-    assert resolve_sc_p({"l2": 1, "l1": 0}, layers) == {"l1": 0.0, "l2": 1.0}
-    with pytest.raises(ValueError, match="2 SC layers"):
-        resolve_sc_p([0.1], layers)
-    with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        resolve_sc_p(1.5, layers)
-    with pytest.raises(ValueError, match="unknown layers"):
-        resolve_sc_p({"l1": 0.1, "l3": 0.2}, layers)
-    with pytest.raises(ValueError, match="no derived"):
-        resolve_sc_p(None, layers)
+    assert parse_sc_p(None, layers) is None
+    assert parse_sc_p(0.5, layers) == {"l1": 0.5, "l2": 0.5}
+    assert parse_sc_p([0.1, 0.2], layers) == {"l1": 0.1, "l2": 0.2}
+    assert parse_sc_p({"l2": 1, "l1": 0}, layers) == {"l1": 0.0, "l2": 1.0}
+    assert parse_sc_p([0.1, 1]) == [0.1, 1.0]                         # checked without layers
+    with pytest.raises(ConfigError, match="2 SC layers"):
+        parse_sc_p([0.1], layers)
+    with pytest.raises(ConfigError, match=r"\[0, 1\]"):
+        parse_sc_p(1.5, layers)
+    with pytest.raises(ConfigError, match="unknown layers"):
+        parse_sc_p({"l1": 0.1, "l3": 0.2}, layers)
+    with pytest.raises(ConfigError, match=r"sc.p\[1\]"):
+        parse_sc_p([0.5, True])
 
 
 # -- MACs and energy -------------------------------------------------------------------------
@@ -352,7 +354,7 @@ def _brute_force(a: torch.Tensor, spikes: torch.Tensor) -> dict[str, list[float]
 
 def test_engine_observers_match_brute_force(digits):
     model, x, y = digits
-    snn = msat.convert(model, x[:256], {"neuron": {"threshold": "msat"}})
+    snn = msat.convert(model, x[:256], {"method": "msat"})
     xb, yb = x[:40], y[:40]
     plain = msat.simulate(snn, xb, 12, chunk=5)
     stats, acc, rec = SpikeStats(), AccuracyCurve(), _Recorder()
@@ -377,7 +379,7 @@ def test_engine_observers_match_brute_force(digits):
 
 def test_derive_sc_p_end_to_end(digits):
     model, x, _ = digits
-    cfg = {"neuron": {"threshold": "msat"}, "sc": {"enabled": True, "E": 8}}
+    cfg = {"method": "msat", "sc": {"enabled": True, "E": 8}}
     snn = msat.convert(model, x[:256], cfg)
     p = derive_sc_p(snn, x[:64], 8)
     assert list(p) == snn.sc_layers() == ["classifier.2"]
@@ -385,7 +387,7 @@ def test_derive_sc_p_end_to_end(digits):
     assert derive_sc_p(snn, x[:64], 8) == p                     # reproducible
     assert snn.sc_layers() == ["classifier.2"]                  # SC settings restored
     # measured with SC off: the same as a conversion without SC
-    plain = msat.convert(model, x[:256], {"neuron": {"threshold": "msat"}})
+    plain = msat.convert(model, x[:256], {"method": "msat"})
     stats = SpikeStats()
     msat.simulate(plain, x[:64], 8, observers=(stats,))
     assert p == {"classifier.2": 1.0 - stats.at(8)["classifier.2"]["q"]}
@@ -401,7 +403,7 @@ def test_derive_sc_p_end_to_end(digits):
 
 def test_energy_report_on_converted_digits(digits):
     model, x, _ = digits
-    snn = msat.convert(model, x[:256], {"neuron": {"threshold": "fixed"}})
+    snn = msat.convert(model, x[:256], {"method": "if_max"})
     stats = SpikeStats()
     msat.simulate(snn, x[:32], 16, observers=(stats,))
     macs = layer_macs(model, x[:1])

@@ -9,6 +9,7 @@ import torch.fx
 import torch.nn as nn
 
 from msat.models import create_model, list_models
+from msat.utils import UserError
 
 # name -> (kwargs, input factory, num_classes, parameter range)
 SPECS = {
@@ -122,11 +123,85 @@ def test_resnet34_pretrained_offline_gives_clear_error(monkeypatch):
 
 
 def test_model_configs_build(group_cfg, tmp_path):
+    """Every model option builds through the one builder; registered ones are named as in the registry."""
     from pathlib import Path
 
+    from msat.models import build_model
+
     for f in sorted((Path(__file__).resolve().parents[1] / "conf" / "model").glob("*.yaml")):
+        if f.stem == "custom":                               # needs model._target_ (test_custom_models)
+            continue
         cfg = group_cfg("model", f.stem, tmp_path)
-        assert cfg.name == f.stem and cfg.name in list_models()
+        if f.stem != "torchvision":
+            assert cfg.name == f.stem and cfg.name in list_models()
         extra = {"vocab_size": 100} if cfg.name == "bilstm" else {}     # supplied by the dataset bundle
-        model = create_model(cfg.name, num_classes=7, **cfg.kwargs, **extra)
-        assert isinstance(model, nn.Module)
+        model, spec = build_model(cfg, 7, extra)
+        assert isinstance(model, nn.Module) and spec["name"] == cfg.name
+
+
+# ----------------------------------------------------------------------------- bring your own model
+
+def readme_block(tag: str) -> str:
+    """The code block of the README that follows ``<!-- custom-model:<tag> -->``."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    after = text.split(f"<!-- custom-model:{tag} -->", 1)[1]
+    return after.split("```", 2)[1].split("\n", 1)[1]
+
+
+def test_readme_custom_model_library_and_command_line(tmp_path):
+    """The README's own-network section, as written: the library snippet and the two commands, on a model
+    defined in the user's own file; then the same model from a plain torch.save(state_dict) checkpoint."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    (tmp_path / "my_net.py").write_text(readme_block("my_net.py"))
+    (tmp_path / "convert.py").write_text(readme_block("convert.py"))
+    env = dict(os.environ, PYTHONPATH=str(tmp_path), OMP_NUM_THREADS="1", WANDB_MODE="offline")
+    r = subprocess.run([sys.executable, "convert.py"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "MSAT + SC torch.Size([64, 16])" in r.stdout
+    common = [f"paths.root_dir={tmp_path}", "logger=none", "train.epochs=4"]
+    for line in readme_block("commands").strip().splitlines():
+        cmd = line.replace("PYTHONPATH=. ", "").split()
+        args = [a for a in cmd[2:]] + [c for c in common if not (cmd[1] == "convert_eval.py" and c == "train.epochs=4")]
+        r = subprocess.run([sys.executable, str(repo / cmd[1]), *args], cwd=tmp_path, env=env, capture_output=True,
+                           text=True, timeout=300)
+        assert r.returncode == 0, (line, r.stderr[-3000:])
+    ck = tmp_path / "checkpoints" / "digits_my_net.pt"
+    assert ck.is_file()
+    runs = list((tmp_path / "outputs" / "convert_eval").rglob("metrics.json"))
+    m = json.loads(runs[0].read_text())
+    assert m["model"] == "my_net" and m["model_spec"]["_target_"] == "my_net.Net" and m["acc"][-1] > 0.8
+    # a bare state dict (torch.save(model.state_dict())) as ckpt: rebuilt from the config, same numbers
+    state = torch.load(ck, weights_only=True)["model"]
+    torch.save(state, tmp_path / "my_net.pt")
+    r = subprocess.run([sys.executable, str(repo / "convert_eval.py"), "model=custom", "model._target_=my_net.Net",
+                        "model.name=my_net", "method=msat_sc", "T=64", f"ckpt={tmp_path / 'my_net.pt'}",
+                        f"paths.root_dir={tmp_path}", "logger=none", f"hydra.run.dir={tmp_path / 'plain'}"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads((tmp_path / "plain" / "metrics.json").read_text())["acc"] == m["acc"]
+
+
+def test_torchvision_and_custom_models_build():
+    from msat.models import build_model
+
+    m, spec = build_model({"name": "tv_resnet18", "arch": "resnet18"}, 7)
+    assert spec["arch"] == "resnet18" and m.fc.out_features == 7
+    with pytest.raises(UserError, match="unknown torchvision classification model 'resnet19'"):
+        build_model({"name": "x", "arch": "resnet19"}, 7)
+    m, spec = build_model({"name": "lin", "_target_": "torch.nn.Linear", "kwargs": {"in_features": 3,
+                                                                                    "out_features": 2}}, 2)
+    assert isinstance(m, nn.Linear)
+    with pytest.raises(UserError, match="has no argument widht; valid: in_features, out_features"):
+        build_model({"name": "lin", "_target_": "torch.nn.Linear", "kwargs": {"widht": 3}}, 2)
+    with pytest.raises(UserError, match="checkpoint 'relu', config 'qcfs'"):
+        build_model({"name": "digits_cnn", "act": "qcfs"}, 10, ckpt={"model_spec": build_model(
+            {"name": "digits_cnn"}, 10)[1]})

@@ -6,25 +6,26 @@ import math
 import pytest
 import torch
 
-from msat.config import ConfigError, conversion_config
-from msat.neurons import SpikingNeuron, fixed_step, msat_step, msat_threshold, reset_net
+from msat.config import conversion_config
+from msat.neurons import SCLayer, SpikingNeuron, fixed_step, msat_step, msat_threshold, reset_net, signed_step
 
 
-def make(theta: float = 1.0, **neuron) -> SpikingNeuron:
+def make(theta: float = 1.0, threshold: str = "fixed", **neuron) -> SpikingNeuron:
+    """One neuron; ``threshold`` picks the dynamics (fixed: IF, msat, signed)."""
     cfg = conversion_config({"neuron": neuron}).neuron
-    n = SpikingNeuron(cfg, "test")
-    n.set_theta(torch.tensor(theta))
+    n = SpikingNeuron(cfg, "test", {"fixed": "if"}.get(threshold, threshold))
+    n.set_theta(torch.tensor(theta, dtype=torch.float64))
     return n
 
 
-def run(n: SpikingNeuron, z: list[float], chunk: int = 100) -> tuple[list[float], list[float]]:
+def run(n: SpikingNeuron, z: list[float], chunk: int = 100, sc: SCLayer | None = None) -> tuple[list[float], list[float]]:
     """Feed one neuron the currents ``z`` (one per step); returns (outputs, spike counts)."""
     zt = torch.tensor(z, dtype=torch.float64).view(-1, 1)     # (T*B, 1) with B = 1
     n.double()
     outs, spikes = [], []
     for t0 in range(0, len(z), chunk):
         c = zt[t0:t0 + chunk]
-        o, s = n.run_chunk(c, c.shape[0], 1, keep_spikes=True)
+        o, s = n.run_chunk(c, c.shape[0], 1, keep_spikes=True, sc=sc)
         outs += o.flatten().tolist()
         spikes += s.flatten().tolist()
     return outs, spikes
@@ -140,7 +141,7 @@ def test_msat_differs_between_units():
 
 
 def test_msat_threshold_no_overflow():
-    hp = conversion_config({"neuron": {"threshold": "msat"}}).neuron
+    hp = conversion_config({"method": "msat"}).neuron
     for z, v in [(-1e30, 0.0), (1e30, 1e30), (-3e38, -3e38), (0.0, 3e38), (-1e4, -1e4)]:
         th = msat_threshold(torch.tensor([z]), torch.tensor([v]), torch.tensor([-v]), 3, 1.0, hp)
         assert torch.isfinite(th).all() and (th > 0).all()
@@ -152,24 +153,20 @@ def test_msat_threshold_no_overflow():
 
 # ----------------------------------------------------------------------------- spike confidence
 
-def sc_neuron(p: float, reset: str, E: int = 3) -> SpikingNeuron:
-    n = make(1.0)
-    n.sc_layer, n.sc_E, n.sc_filtered, n.sc_p = True, E, reset == "filtered", p
-    return n
+def sc(p: float, reset: str, E: int = 3, seed: int = 0) -> SCLayer:
+    """The SC settings the engine hands one layer, with a seeded generator."""
+    return SCLayer(p, E, reset == "filtered", torch.Generator().manual_seed(seed))
 
 
 def test_sc_p1_is_identity():
     for reset in ("emitted", "filtered"):
-        n = sc_neuron(1.0, reset)
-        n.sc_generator = torch.Generator().manual_seed(0)
-        assert run(n, [0.75] * 6) == run(make(1.0), [0.75] * 6)
+        assert run(make(1.0), [0.75] * 6, sc=sc(1.0, reset)) == run(make(1.0), [0.75] * 6)
 
 
 def test_sc_p0_emitted_drops_charge():
     # every spike before E = 3 is dropped but still resets: V as without SC, output 0 for t < 3
-    n = sc_neuron(0.0, "emitted")
-    n.sc_generator = torch.Generator().manual_seed(0)
-    out, s = run(n, [0.75] * 6)
+    n = make(1.0)
+    out, s = run(n, [0.75] * 6, sc=sc(0.0, "emitted"))
     assert s == [0, 0, 0, 1, 0, 1]
     assert n.v.item() == 0.5
 
@@ -177,9 +174,8 @@ def test_sc_p0_emitted_drops_charge():
 def test_sc_p0_filtered_keeps_charge():
     # filtered: dropped spikes do not reset: V_pre .75, 1.5, 2.25 (no reset) | 3.0 -> fire, 2 |
     # 2.75 -> fire, 1.75 | 2.5 -> fire, 1.5
-    n = sc_neuron(0.0, "filtered")
-    n.sc_generator = torch.Generator().manual_seed(0)
-    out, s = run(n, [0.75] * 6)
+    n = make(1.0)
+    out, s = run(n, [0.75] * 6, sc=sc(0.0, "filtered"))
     assert s == [0, 0, 0, 1, 1, 1]
     assert n.v.item() == 1.5
 
@@ -188,9 +184,7 @@ def test_sc_p0_filtered_keeps_charge():
 def test_sc_with_generator_by_hand(reset):
     p, E, z = 0.5, 6, [0.75, 0.75, 0.75, 0.9, 0.75, 0.8, 0.75, 0.75]
     draws = torch.rand(E, generator=torch.Generator().manual_seed(7), dtype=torch.float64).tolist()
-    n = sc_neuron(p, reset, E)
-    n.sc_generator = torch.Generator().manual_seed(7)
-    _, s = run(n, z, chunk=3)
+    _, s = run(make(1.0), z, chunk=3, sc=sc(p, reset, E, seed=7))
     v, ref = 0.0, []
     for t, zt in enumerate(z):
         v += zt
@@ -204,43 +198,68 @@ def test_sc_with_generator_by_hand(reset):
 def test_sc_emitted_differs_from_filtered():
     # filtered keeps the charge of dropped spikes, so it fires more once SC stops (t >= E)
     z = [0.75] * 10
-    outs = []
-    for reset in ("emitted", "filtered"):
-        n = sc_neuron(0.5, reset, 5)
-        n.sc_generator = torch.Generator().manual_seed(0)
-        outs.append(run(n, z)[1])
+    outs = [run(make(1.0), z, sc=sc(0.5, reset, 5))[1] for reset in ("emitted", "filtered")]
     assert outs[0][:5] == outs[1][:5]            # the same draws drop the same early spikes here
     assert sum(outs[1][5:]) > sum(outs[0][5:])
 
 
 # ----------------------------------------------------------------------------- parity, state
 
-@pytest.mark.parametrize("threshold", ["fixed", "msat"])
+def _pure_reference(dynamics, z, theta, cfg, units, gamma, hard, v_init, v0, sc_draws, sc_p, E, filtered,
+                    allowance=0.0):
+    """The pure step functions over the whole sequence, with SC applied as SPEC 2 states it."""
+    T, B = z.shape[:2]
+    th_in = torch.ones_like(theta) if units == "normalized" and dynamics == "msat" else theta
+    v = (torch.full_like(z[0], v_init) + (v0 if v0 is not None else 0)) * th_in
+    vsum, count, outs = torch.zeros_like(v), torch.zeros_like(v), []
+    for t in range(T):
+        zt = z[t] / theta if units == "normalized" and dynamics == "msat" else z[t]
+        if dynamics == "msat":
+            vbar = vsum / t if t > 0 else None
+            th = msat_threshold(zt, v, vbar, t, th_in, cfg)
+        else:
+            th = cfg.k * th_in
+        v_pre = v + zt
+        s = torch.clamp(torch.floor(v_pre / th), 0, gamma)
+        s_out = s
+        if sc_draws is not None and t < E:
+            s_out = s * (sc_draws[t] < sc_p).to(s.dtype)
+        s_reset = s_out if filtered or sc_draws is None else s
+        v = torch.where(s_reset > 0, torch.zeros_like(v_pre), v_pre) if hard else v_pre - th * s_reset
+        if dynamics == "signed":
+            s_neg, v, count = signed_step(torch.zeros_like(v), v, count + s_out, th, gamma, allowance)
+            s_out = s_out + s_neg
+        vsum = vsum + v
+        outs.append(s_out * th * (theta if units == "normalized" and dynamics == "msat" else 1))
+    return torch.stack(outs)
+
+
+@pytest.mark.parametrize("dynamics", ["if", "msat"])
 @pytest.mark.parametrize("units", ["normalized", "raw"])
 @pytest.mark.parametrize("reset,gamma", [("soft", 1), ("hard", 1), ("soft", 3)])
-def test_module_matches_pure_functions(threshold, units, reset, gamma):
+@pytest.mark.parametrize("sc_mode", [None, "emitted", "filtered"])
+def test_module_matches_pure_functions(dynamics, units, reset, gamma, sc_mode):
+    """The engine's in-place loop equals the pure step functions for every option: both dynamics, both
+    units, soft/hard reset, burst gamma, spike confidence (both resets), v_init and a per-element v0."""
     g = torch.Generator().manual_seed(0)
-    T, B, C = 7, 3, 4
+    T, B, C, E, p = 7, 3, 4, 5, 0.6
     theta = torch.rand(C, 1, generator=g, dtype=torch.float64) * 3 + 0.5       # per channel (C, 1)
     z = torch.randn(T, B, C, 2, generator=g, dtype=torch.float64) * 2
-    cfg = conversion_config({"neuron": {"threshold": threshold, "units": units, "reset": reset,
-                                        "gamma": gamma, "alpha": 0.3}}).neuron
-    n = SpikingNeuron(cfg, "p").double()
+    v0 = torch.rand(C, 2, generator=g, dtype=torch.float64) * 0.4              # per-element initial potential
+    cfg = conversion_config({"neuron": {"units": units, "reset": reset, "gamma": gamma, "alpha": 0.3,
+                                        "v_init": 0.25}}).neuron
+    n = SpikingNeuron(cfg, "p", dynamics).double()
     n.set_theta(theta)
-    o1, _ = n.run_chunk(z[:4].reshape(4 * B, C, 2), 4, B, keep_spikes=True)
-    o2, _ = n.run_chunk(z[4:].reshape(3 * B, C, 2), 3, B, keep_spikes=True)
+    n.set_v0(v0)
+    layer = SCLayer(p, E, sc_mode == "filtered", torch.Generator().manual_seed(3)) if sc_mode else None
+    o1, _ = n.run_chunk(z[:4].reshape(4 * B, C, 2), 4, B, keep_spikes=True, sc=layer)
+    o2, _ = n.run_chunk(z[4:].reshape(3 * B, C, 2), 3, B, keep_spikes=True, sc=layer)
     got = torch.cat([o1, o2]).view(T, B, C, 2)
-    th_in = torch.ones_like(theta) if units == "normalized" else theta
-    v, vsum = torch.zeros(B, C, 2, dtype=torch.float64), torch.zeros(B, C, 2, dtype=torch.float64)
-    for t in range(T):
-        zt = z[t] / theta if units == "normalized" else z[t]
-        if threshold == "fixed":
-            th = th_in
-            s, v = fixed_step(zt, v, th, gamma, reset == "hard")
-        else:
-            s, th, v, vsum = msat_step(zt, v, vsum, t, th_in, cfg, gamma, reset == "hard")
-        want = s * th * (theta if units == "normalized" else 1)
-        torch.testing.assert_close(got[t], want, rtol=1e-12, atol=1e-12)
+    draws = torch.rand((E, B, C, 2), generator=torch.Generator().manual_seed(3), dtype=torch.float64) \
+        if sc_mode else None
+    want = _pure_reference(dynamics, z, theta, cfg, units, gamma, reset == "hard", 0.25, v0, draws, p, E,
+                           sc_mode == "filtered")
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
 def test_pure_functions_do_not_mutate():
@@ -263,43 +282,3 @@ def test_ann_mode_is_relu():
     n = make(3.0, threshold="msat")
     x = torch.randn(5, 4)
     assert torch.equal(n(x), torch.relu(x))
-
-
-def test_config_errors_list_valid_values():
-    with pytest.raises(ConfigError, match="valid values: fixed, msat"):
-        conversion_config({"neuron": {"threshold": "lif"}})
-    with pytest.raises(ConfigError, match="valid keys:.*threshold"):
-        conversion_config({"neuron": {"tresh": 1}})
-    with pytest.raises(ConfigError, match="percentile"):
-        conversion_config({"calib": {"percentile": 0.0}})
-    with pytest.raises(ConfigError, match="percentile"):
-        conversion_config({"calib": {"percentile": 1.5}})
-    with pytest.raises(ConfigError, match="valid values: lipool, gate, avg"):
-        conversion_config({"pool": "max"})
-    cfg = conversion_config({"pool": {"name": "gate"}, "calib": {"batch_size": 200, "transform": "train"},
-                             "model": {"name": "x"}})
-    assert cfg.pool == "gate" and cfg.calib.batch_size == 200
-    d = conversion_config(None)
-    assert (d.neuron.threshold, d.neuron.k, d.neuron.units, d.neuron.reset, d.sc.E, d.pool) == \
-        ("fixed", 1.0, "normalized", "soft", 16, "lipool")
-    assert (d.neuron.alpha, d.neuron.C, d.neuron.tau_mp, d.neuron.tau_rd) == (0.03, 5.0, 1.0, 1.0)
-
-
-def test_config_accepts_omegaconf():
-    from omegaconf import OmegaConf
-    cfg = conversion_config(OmegaConf.create({"neuron": {"threshold": "msat", "alpha": 0.3},
-                                              "sc": {"enabled": True, "p": [0.9]}}))
-    assert cfg.neuron.threshold == "msat" and cfg.neuron.alpha == 0.3 and cfg.sc.p == [0.9]
-
-
-def test_every_hydra_option_is_a_valid_conversion_config():
-    from pathlib import Path
-
-    from hydra import compose, initialize_config_dir
-    conf = Path(__file__).resolve().parents[1] / "conf"
-    with initialize_config_dir(config_dir=str(conf), version_base=None):
-        for group in ("neuron", "sc", "calib", "pool"):
-            for f in sorted((conf / group).glob("*.yaml")):
-                cfg = conversion_config(compose("convert_eval", overrides=[f"{group}={f.stem}"]))
-                if group == "pool":
-                    assert cfg.pool == f.stem

@@ -26,11 +26,11 @@ def test_paper_and_authors_reference():
     assert (row["ann_acc"], row["snn_acc"], row["steps"]) == ("95.45", "95.45", "112")
     assert rp.parse_note(rp.paper_row(7, "MSAT w/ SC", "cifar100", "vgg16")["note"])["ANS"] == "2.514"
     assert rp.paper_row(3, "MSAT", "mnist", "vgg16") is None
-    msat_sc = rp.authors_run_name({"threshold": "msat", "use_dtt": True, "use_det": True}, {"enabled": True})
+    msat_sc = rp.authors_run_name("msat", {"use_dtt": True, "use_det": True}, {"enabled": True})
     assert msat_sc == "snn_VthHand-1.0_useDET_True_useDTT_True_useSC_True"
-    assert rp.authors_run_name({"threshold": "fixed", "k": 0.2}, {"enabled": False}) == \
+    assert rp.authors_run_name("if", {"k": 0.2}, {"enabled": False}) == \
         "snn_VthHand0.2_useDET_False_useDTT_False_useSC_False"
-    assert rp.authors_run_name({"threshold": "msat", "use_dtt": True, "use_det": False}, {}) == \
+    assert rp.authors_run_name("msat", {"use_dtt": True, "use_det": False}, {}) == \
         "snn_VthHand-1.0_useDET_False_useDTT_True_useSC_False"
     curve = rp.authors_curve("cifar10", "vgg16", msat_sc)
     assert curve[256] == 95.5 and curve[1] == 10.0 and sorted(curve)[:3] == [1, 4, 8]
@@ -77,7 +77,11 @@ def test_bundled_reference_equals_shared_reference():
     shared = rp.shared_dir() / "reference"
     if not shared.is_dir():
         pytest.skip(f"no shared reference folder at {shared}")
-    names = sorted(p.name for p in shared.glob("*.csv"))
-    assert names == sorted(p.name for p in rp.BUNDLED_REFERENCE.glob("*.csv"))
-    for name in names:
-        assert (rp.BUNDLED_REFERENCE / name).read_bytes() == (shared / name).read_bytes(), name
+    sources = {p.name: p for p in shared.glob("*.csv")}
+    sources["baselines.csv"] = rp.shared_dir() / "anchors" / "baselines.csv"      # the rivals' published numbers
+    assert sorted(sources) == sorted(p.name for p in rp.BUNDLED_REFERENCE.glob("*.csv"))
+    for name, src in sources.items():
+        assert (rp.BUNDLED_REFERENCE / name).read_bytes() == src.read_bytes(), name
+    anchors = rp.load_anchors()
+    assert {a["method"] for a in anchors} == {"qcfs", "srp", "snn_calib_light", "snn_calib_advanced"}
+    assert {"method", "source", "dataset", "model", "T", "snn_acc", "note"} <= set(anchors[0])

@@ -55,7 +55,7 @@ def test_if_converges_to_ann(small):
 
 def test_msat_converges_to_ann(small):
     m, x = small
-    snn = msat.convert(m, x, {"neuron": {"threshold": "msat"}})
+    snn = msat.convert(m, x, {"method": "msat"})
     ref = m(x).detach()
     out = msat.simulate(snn, x, 256, chunk=64)
     assert rel_err(out, ref) < rel_err(out[:32], ref) / 2
@@ -64,9 +64,9 @@ def test_msat_converges_to_ann(small):
 
 @pytest.mark.parametrize("cfg", [
     {},
-    {"neuron": {"threshold": "msat"}, "pool": "gate"},
-    {"neuron": {"threshold": "msat", "units": "raw", "reset": "hard", "gamma": 2}},
-    {"neuron": {"threshold": "msat"}, "sc": {"enabled": True, "layers": "all", "p": 0.7, "E": 5}},
+    {"method": "msat", "pool": "gate"},
+    {"method": "msat", "neuron": {"units": "raw", "reset": "hard", "gamma": 2}},
+    {"method": "msat", "sc": {"enabled": True, "layers": "all", "p": 0.7, "E": 5}},
 ])
 def test_chunking_gives_identical_outputs(small, cfg):
     m, x = small
@@ -93,15 +93,18 @@ def test_sc_reproducible_and_reset_modes_differ(small):
     assert torch.equal(msat.simulate(snn, x, 24), msat.simulate(msat.convert(m, x, {}), x, 24))
 
 
-def test_sc_needs_p():
+def test_sc_p_is_derived_at_conversion_and_needed_by_the_engine():
     m = msat.create_model("digits_cnn").eval()
     x = torch.randn(4, 1, 8, 8)
-    snn = msat.convert(m, x, {"sc": {"enabled": True}})
+    snn = msat.convert(m, x, {"sc": {"enabled": True, "E": 4}})
+    assert list(snn.sc.p) == ["classifier.2"] and 0.0 <= snn.sc.p["classifier.2"] <= 1.0
+    assert (snn.cost.sim_steps, snn.cost.ann_forwards) == (4, 2)      # derive_sc_p: E steps, one ANN pass
+    snn.sc.p.clear()
     with pytest.raises(SimulationError, match="p is not set"):
         msat.simulate(snn, x, 4)
     snn.set_sc_p({"classifier.2": 0.8})
     assert msat.simulate(snn, x, 4).shape == (4, 4, 10)
-    with pytest.raises(msat.ConversionError, match="not a spike-confidence layer"):
+    with pytest.raises(msat.ConversionError, match="not spike-confidence layers"):
         snn.set_sc_p({"features.2": 0.8})
 
 
@@ -162,6 +165,38 @@ def test_static_part_runs_once_and_dtype_is_kept(small):
     out = msat.simulate(snn, x.double(), 12, chunk=5)
     m.float()
     assert len(calls) == 1 and out.dtype == torch.float64
+    # the calibrated scales follow the model's dtype (no float32 rounding of a float64 model's thresholds)
+    assert all(t.dtype == torch.float64 for t in snn.scales.values())
+    x64 = x.double()
+    pre = snn.ann_preactivations(x64)
+    assert float(snn.scales["stem.2"]) == float(torch.relu(pre["stem.2"]).max())
+
+
+def test_the_engine_plan_follows_graph_changes(small):
+    """The engine caches its plan per network and rebuilds it when the graph (or a called module) changes."""
+    m, x = small
+    snn = msat.convert(m, x, {})
+    before = msat.simulate(snn, x, 6)
+    gm = snn.graph_module
+    fc = next(n for n in gm.graph.nodes if n.op == "call_module" and n.target == "fc")
+    with gm.graph.inserting_after(fc):
+        neg = gm.graph.call_function(torch.neg, (fc,))
+    fc.replace_all_uses_with(neg)
+    neg.args = (fc,)
+    gm.recompile()
+    snn._dynamic_names.add(neg.name)
+    after = msat.simulate(snn, x, 6)
+    assert torch.equal(after, -before)                          # a stale plan would still return `before`
+
+
+def test_sc_beyond_T_is_an_error_in_the_library(small):
+    m, x = small
+    snn = msat.convert(m, x, {"sc": {"enabled": True, "p": 0.9, "E": 16}})
+    with pytest.raises(SimulationError, match="sc.E=16, beyond T=8"):
+        msat.simulate(snn, x, 8)
+    assert msat.simulate(snn, x, 16).shape[0] == 16
+    with pytest.raises(SimulationError, match="NaN or inf"):
+        msat.simulate(snn, x.clone().fill_(float("nan")), 16)
 
 
 def rescale_layer(m: nn.Sequential, c: float) -> nn.Sequential:
@@ -184,7 +219,7 @@ def test_normalized_units_invariant_to_rescaling_raw_not(threshold):
     torch.testing.assert_close(m2(x), m(x), rtol=1e-5, atol=1e-6)
     outs = {}
     for units in ("normalized", "raw"):
-        cfg = {"neuron": {"threshold": threshold, "units": units}}
+        cfg = {"method": {"fixed": "if_max"}.get(threshold, threshold), "neuron": {"units": units}}
         a = msat.simulate(msat.convert(m, x, cfg), x, 32)
         b = msat.simulate(msat.convert(m2, x, cfg), x, 32)
         outs[units] = (a - b).abs().max().item() / a.abs().max().item()
@@ -225,7 +260,7 @@ def test_every_model_converts_and_simulates(name):
     m = msat.create_model(name, num_classes=10, **MODEL_KW.get(name, {})).eval()
     x = MODEL_INPUTS[name]()
     for threshold in ("fixed", "msat"):
-        snn = msat.convert(m, x, {"neuron": {"threshold": threshold}})
+        snn = msat.convert(m, x, {"method": {"fixed": "if_max"}.get(threshold, threshold)})
         out = msat.simulate(snn, x, 4, chunk=2)
         assert out.shape == (4, x.shape[0], 10) and torch.isfinite(out).all()
         torch.testing.assert_close(snn.ann_forward(x), m(x), rtol=1e-4, atol=1e-4 * m(x).abs().max().item())
@@ -251,7 +286,7 @@ def test_neuron_input_aliasing_a_live_tensor_is_not_overwritten():
     torch.manual_seed(0)
     m = SharedInput().eval()
     x = torch.randn(8, 6)
-    snn = msat.convert(m, x, {"neuron": {"threshold": "msat"}})
+    snn = msat.convert(m, x, {"method": "msat"})
     out = msat.simulate(snn, x, 200, chunk=50)
     ref = m(x)
     assert (out.mean(0) - ref).abs().max() < 0.05 * ref.abs().max()

@@ -1,29 +1,35 @@
 """Datasets: ``build_data(cfg) -> DataBundle``; one builder per dataset family."""
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from typing import Callable
 
-from ..utils import UnknownNameError
-from .base import DataBundle, DatasetUnavailableError, build_loader
+from ..config import from_mapping
+from ..utils import UnknownNameError, to_plain
+from . import schemas as S
+from .base import DataBundle, DatasetError, DatasetUnavailableError, build_loader
 from .digits import build_digits
 from .imdb import build_imdb
 from .speech import build_speech_commands
-from .synthetic import (build_synthetic_cifar, build_synthetic_imagenet, build_synthetic_imdb,
-                        build_synthetic_speech)
+from .synthetic import (build_synthetic_cifar, build_synthetic_digits, build_synthetic_imagenet,
+                        build_synthetic_imdb, build_synthetic_speech)
 from .vision import Cutout, build_cifar, build_imagenet
 
-_BUILDERS: dict[str, Callable[..., DataBundle]] = {
-    "digits": build_digits,
-    "cifar10": build_cifar,
-    "cifar100": build_cifar,
-    "imagenet": build_imagenet,
-    "imdb": build_imdb,
-    "speech_commands": build_speech_commands,
-    "synthetic_cifar": build_synthetic_cifar,
-    "synthetic_imagenet": build_synthetic_imagenet,
-    "synthetic_imdb": build_synthetic_imdb,
-    "synthetic_speech": build_synthetic_speech,
+# name -> (builder, the schema of its config node)
+_BUILDERS: dict[str, tuple[Callable[..., DataBundle], type]] = {
+    "digits": (build_digits, S.DigitsConfig),
+    "cifar10": (build_cifar, S.CifarConfig),
+    "cifar100": (build_cifar, S.CifarConfig),
+    "imagenet": (build_imagenet, S.ImageNetConfig),
+    "imdb": (build_imdb, S.IMDBConfig),
+    "speech_commands": (build_speech_commands, S.SpeechConfig),
+    "synthetic_digits": (build_synthetic_digits, S.SyntheticImagesConfig),
+    "synthetic_cifar": (build_synthetic_cifar, S.SyntheticImagesConfig),
+    "synthetic_cifar100": (build_synthetic_cifar, S.SyntheticImagesConfig),
+    "synthetic_imagenet": (build_synthetic_imagenet, S.SyntheticImagesConfig),
+    "synthetic_imdb": (build_synthetic_imdb, S.SyntheticIMDBConfig),
+    "synthetic_speech": (build_synthetic_speech, S.SyntheticSpeechConfig),
 }
 
 
@@ -32,18 +38,36 @@ def list_datasets() -> list[str]:
     return sorted(_BUILDERS)
 
 
-def build_data(cfg, artifacts: dict | None = None) -> DataBundle:
+def dataset_schemas() -> list[type]:
+    """The schema of every dataset family (one per builder, in registration order)."""
+    return list(dict.fromkeys(schema for _, schema in _BUILDERS.values()))
+
+
+def dataset_config(cfg) -> dict:
+    """The dataset node checked against its family's schema (``msat.data.schemas``), as a complete dict."""
+    name = to_plain(cfg)["name"] if cfg is not None else None
+    if name not in _BUILDERS:
+        raise UnknownNameError(f"unknown dataset {name!r}; valid datasets: {', '.join(list_datasets())}")
+    return dataclasses.asdict(from_mapping(_BUILDERS[name][1], cfg, "dataset"))
+
+
+def build_data(cfg, artifacts: dict | None = None, calib_transform: str = "test") -> DataBundle:
     """Build the dataset named by ``cfg.name``; an unknown name lists the valid ones.
 
     ``artifacts`` (a checkpoint's ``artifacts``) makes evaluation reuse the training vocabulary (IMDB).
+    ``calib_transform`` (``calib.transform``: test | train | crop_flip) is the transform of the
+    training images in ``bundle.calib``, where the dataset has augmentations (vision datasets).
     """
-    name = cfg["name"]
-    if name not in _BUILDERS:
-        raise UnknownNameError(f"unknown dataset {name!r}; valid datasets: {', '.join(list_datasets())}")
-    builder = _BUILDERS[name]
-    if artifacts and "artifacts" in inspect.signature(builder).parameters:
-        return builder(cfg, artifacts=artifacts)
-    return builder(cfg)
+    cfg = dataset_config(cfg)
+    builder = _BUILDERS[cfg["name"]][0]
+    params = inspect.signature(builder).parameters
+    kwargs = {}
+    if artifacts and "artifacts" in params:
+        kwargs["artifacts"] = artifacts
+    if "calib_transform" in params:
+        kwargs["calib_transform"] = calib_transform
+    return builder(cfg, **kwargs)
 
 
-__all__ = ["Cutout", "DataBundle", "DatasetUnavailableError", "build_data", "build_loader", "list_datasets"]
+__all__ = ["Cutout", "DataBundle", "DatasetError", "DatasetUnavailableError", "build_data", "build_loader",
+           "dataset_config", "dataset_schemas", "list_datasets"]

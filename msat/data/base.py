@@ -14,6 +14,10 @@ class DatasetUnavailableError(UserError, RuntimeError):
     """A dataset is missing and cannot be downloaded; the message says how to provide it."""
 
 
+class DatasetError(UserError, ValueError):
+    """Data that is there but wrong (a malformed file, labels out of range, a config that does not fit it)."""
+
+
 @dataclass
 class DataBundle:
     name: str
@@ -38,9 +42,9 @@ def build_loader(ds: Dataset, batch_size: int, shuffle: bool = False, seed: int 
 
 def dataset_root(cfg) -> str:
     """The configured ``root``, with ``~`` expanded."""
-    root = cfg.get("root")
+    root = cfg["root"]
     if not root:
-        raise ValueError(f"dataset {cfg['name']!r}: config key 'root' is empty")
+        raise DatasetError(f"dataset {cfg['name']!r}: config key 'root' is empty")
     return os.path.expanduser(str(root))
 
 

@@ -16,8 +16,8 @@ def build_digits(cfg) -> DataBundle:
     d = load_digits()
     x = d.images.astype(np.float32) / 16.0
     y = d.target.astype(np.int64)
-    xtr, xte, ytr, yte = train_test_split(x, y, test_size=float(cfg.get("test_fraction", 0.25)),
-                                          random_state=int(cfg.get("split_seed", 0)), stratify=y)
+    xtr, xte, ytr, yte = train_test_split(x, y, test_size=float(cfg["test_fraction"]),
+                                          random_state=int(cfg["split_seed"]), stratify=y)
     mean, std = float(xtr.mean()), float(xtr.std())
     t = lambda a: torch.from_numpy((a - mean) / std).unsqueeze(1)  # (N, 1, 8, 8)
     train = TensorDataset(t(xtr), torch.from_numpy(ytr))

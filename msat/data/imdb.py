@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from ..utils import atomic_write_text
-from .base import DataBundle, dataset_root, unavailable
+from .base import DataBundle, DatasetError, dataset_root, unavailable
 
 PAD, UNK = "<pad>", "<unk>"
 _TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
@@ -54,11 +54,17 @@ def _read_jsonl(path: str) -> tuple[list[str], list[int]]:
         for line_no, line in enumerate(f, 1):
             if not line.strip():
                 continue
-            row = json.loads(line)
-            if "text" not in row or "label" not in row:
-                raise ValueError(f"{path}:{line_no}: each line needs 'text' and 'label'")
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DatasetError(f"{path}:{line_no}: not a JSON object ({e.msg} at column {e.colno})") from None
+            if not isinstance(row, dict) or "text" not in row or "label" not in row:
+                raise DatasetError(f"{path}:{line_no}: each line needs 'text' and 'label'")
+            label = row["label"]
+            if isinstance(label, bool) or not isinstance(label, int):
+                raise DatasetError(f"{path}:{line_no}: 'label' must be an integer, got {label!r}")
             texts.append(str(row["text"]))
-            labels.append(int(row["label"]))
+            labels.append(label)
     return texts, labels
 
 
@@ -86,7 +92,7 @@ def build_imdb(cfg, artifacts: dict | None = None) -> DataBundle:
            '{"text": ..., "label": 0|1}), or run with dataset.download=true on a machine with internet '
            "(and HF_DATASETS_OFFLINE unset).")
     if not all(os.path.isfile(f) for f in files):
-        if not cfg.get("download", False):
+        if not cfg["download"]:
             raise unavailable(name, root, how)
         try:
             _download(root)
@@ -98,12 +104,12 @@ def build_imdb(cfg, artifacts: dict | None = None) -> DataBundle:
     n_cls = int(cfg["num_classes"])
     bad = sorted({y for y in tr_y + te_y if not 0 <= y < n_cls})
     if bad:
-        raise ValueError(f"{name}: labels {bad} outside [0, {n_cls}) in {root}")
+        raise DatasetError(f"{name}: labels {bad} outside [0, {n_cls}) in {root}")
     tr_tok, te_tok = [tokenize(t) for t in tr_text], [tokenize(t) for t in te_text]
-    vocab = (artifacts or {}).get("vocab") or cfg.get("vocab")
+    vocab = (artifacts or {}).get("vocab") or cfg["vocab"]
     vocab = list(vocab) if vocab else build_vocab(tr_tok, int(cfg["vocab_size"]))
     if vocab[:2] != [PAD, UNK]:
-        raise ValueError(f"{name}: a vocabulary must start with {PAD!r}, {UNK!r}; got {vocab[:2]}")
+        raise DatasetError(f"{name}: a vocabulary must start with {PAD!r}, {UNK!r}; got {vocab[:2]}")
     max_len = int(cfg["max_len"])
     train = TensorDataset(encode(tr_tok, vocab, max_len), torch.tensor(tr_y, dtype=torch.int64))
     test = TensorDataset(encode(te_tok, vocab, max_len), torch.tensor(te_y, dtype=torch.int64))

@@ -10,7 +10,7 @@ from torch.utils.data import Dataset
 from torchaudio.datasets import SPEECHCOMMANDS
 from torchaudio.transforms import Resample
 
-from .base import DataBundle, dataset_root, unavailable
+from .base import DataBundle, DatasetError, dataset_root, unavailable
 
 # The 35 words of v0.02, sorted; a label's index in this list is its class id.
 LABELS = sorted([
@@ -32,7 +32,7 @@ class SpeechCommands8k(Dataset):
         self._resamplers: dict[int, Resample] = {}
         unknown = sorted({self.base.get_metadata(i)[2] for i in range(len(self.base))} - set(LABELS))
         if unknown:
-            raise ValueError(f"speech_commands: folders {unknown} are not among the 35 v0.02 words")
+            raise DatasetError(f"speech_commands: folders {unknown} are not among the 35 v0.02 words")
 
     def __len__(self) -> int:
         return len(self.base)
@@ -56,15 +56,15 @@ def build_speech_commands(cfg) -> DataBundle:
     name = cfg["name"]
     root = dataset_root(cfg)
     if int(cfg["num_classes"]) != len(LABELS):
-        raise ValueError(f"{name} has {len(LABELS)} classes, config says num_classes={cfg['num_classes']}")
+        raise DatasetError(f"{name} has {len(LABELS)} classes, config says num_classes={cfg['num_classes']}")
     path = os.path.join(root, "SpeechCommands", "speech_commands_v0.02")
     how = (f"Extract speech_commands_v0.02.tar.gz into {path}/ (<word>/<file>.wav, validation_list.txt, "
            "testing_list.txt), or run with dataset.download=true on a machine with internet.")
-    sr, n = int(cfg.get("sample_rate", 8000)), int(cfg.get("num_samples", 8000))
+    sr, n = int(cfg["sample_rate"]), int(cfg["num_samples"])
 
     def make(subset: str) -> SpeechCommands8k:
         try:
-            ds = SpeechCommands8k(root, subset, sr, n, download=bool(cfg.get("download", False)))
+            ds = SpeechCommands8k(root, subset, sr, n, download=bool(cfg["download"]))
         except (OSError, RuntimeError) as e:  # missing folder or list file, failed download
             raise unavailable(name, root, how, e) from e
         if len(ds) == 0:

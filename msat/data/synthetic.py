@@ -11,12 +11,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
-from .base import DataBundle
+from .base import DataBundle, DatasetError
 
 
 def _generator(cfg, offset: int = 0) -> torch.Generator:
     g = torch.Generator()
-    g.manual_seed(int(cfg.get("seed", 0)) + offset)
+    g.manual_seed(int(cfg["seed"]) + offset)
     return g
 
 
@@ -25,23 +25,28 @@ def _labels(n: int, num_classes: int, g: torch.Generator) -> torch.Tensor:
     return torch.arange(n, dtype=torch.int64).remainder(num_classes)[torch.randperm(n, generator=g)]
 
 
-def _images(cfg, size: int) -> DataBundle:
-    c, k = int(cfg["num_classes"]), int(cfg.get("pattern_size", 4))
+def _images(cfg, size: int, channels: int = 3) -> DataBundle:
+    c, k = int(cfg["num_classes"]), int(cfg["pattern_size"])
     g = _generator(cfg)
     # one low-resolution pattern per class, upsampled so that crops and pooling keep the signal
-    patterns = F.interpolate(torch.randn(c, 3, k, k, generator=g), size=(size, size), mode="bilinear",
-                             align_corners=False)                    # (C, 3, size, size)
-    noise = float(cfg.get("noise", 1.0))
+    patterns = F.interpolate(torch.randn(c, channels, k, k, generator=g), size=(size, size), mode="bilinear",
+                             align_corners=False)                    # (C, channels, size, size)
+    noise = float(cfg["noise"])
 
     def split(n: int, offset: int) -> TensorDataset:
         gs = _generator(cfg, offset)
         y = _labels(n, c, gs)
-        x = patterns[y] + noise * torch.randn(n, 3, size, size, generator=gs)  # (n, 3, size, size)
+        x = patterns[y] + noise * torch.randn(n, channels, size, size, generator=gs)  # (n, channels, size, size)
         return TensorDataset(x, y)
 
     train = split(int(cfg["n_train"]), 1)
     return DataBundle(name=cfg["name"], train=train, test=split(int(cfg["n_test"]), 2), calib=train,
-                      num_classes=c, input_shape=(3, size, size))
+                      num_classes=c, input_shape=(channels, size, size))
+
+
+def build_synthetic_digits(cfg) -> DataBundle:
+    """(1, 8, 8) images (the shape of scikit-learn's digits), class pattern + Gaussian noise."""
+    return _images(cfg, 8, channels=1)
 
 
 def build_synthetic_cifar(cfg) -> DataBundle:
@@ -56,8 +61,8 @@ def build_synthetic_imagenet(cfg) -> DataBundle:
 
 def build_synthetic_speech(cfg) -> DataBundle:
     """(1, num_samples) waveforms: a class-specific tone (random phase and gain) plus noise."""
-    c, n_samp = int(cfg["num_classes"]), int(cfg.get("num_samples", 8000))
-    sr, noise = float(cfg.get("sample_rate", 8000)), float(cfg.get("noise", 0.5))
+    c, n_samp = int(cfg["num_classes"]), int(cfg["num_samples"])
+    sr, noise = float(cfg["sample_rate"]), float(cfg["noise"])
     freqs = 200.0 + 3000.0 * torch.arange(c, dtype=torch.float32) / max(c - 1, 1)   # (C,) Hz, below Nyquist
     t = torch.arange(n_samp, dtype=torch.float32) / sr                               # (S,)
 
@@ -79,12 +84,12 @@ def build_synthetic_imdb(cfg, artifacts: dict | None = None) -> DataBundle:
     """Token-id sequences (max_len,) over a fake vocabulary ``<pad>, <unk>, w2, w3, ...``: random
     filler tokens of random length with ``markers`` tokens specific to the class mixed in."""
     c, words = int(cfg["num_classes"]), int(cfg["vocab_size"])
-    max_len, n_mark = int(cfg["max_len"]), int(cfg.get("markers", 8))
+    max_len, n_mark = int(cfg["max_len"]), int(cfg["markers"])
     vocab = list((artifacts or {}).get("vocab") or [])
     vocab = vocab or ["<pad>", "<unk>"] + [f"w{i}" for i in range(2, words + 2)]
     v = len(vocab)
     if v < 2 + c * n_mark + 1:
-        raise ValueError(f"synthetic_imdb: vocab_size={words} too small for {c} classes x {n_mark} markers")
+        raise DatasetError(f"synthetic_imdb: vocab_size={words} too small for {c} classes x {n_mark} markers")
     # class k owns token ids 2 + k*n_mark ... 2 + (k+1)*n_mark - 1; the rest are filler
     filler_lo = 2 + c * n_mark
 
@@ -94,7 +99,7 @@ def build_synthetic_imdb(cfg, artifacts: dict | None = None) -> DataBundle:
         lengths = torch.randint(max_len // 2, max_len + 1, (n,), generator=g)
         x = torch.randint(filler_lo, v, (n, max_len), generator=g)                 # (n, L) filler
         marks = 2 + y[:, None] * n_mark + torch.randint(n_mark, (n, max_len), generator=g)
-        use = torch.rand(n, max_len, generator=g) < float(cfg.get("marker_rate", 0.2))
+        use = torch.rand(n, max_len, generator=g) < float(cfg["marker_rate"])
         x = torch.where(use, marks, x)
         x[torch.arange(max_len)[None, :] >= lengths[:, None]] = 0                   # padding at the end
         return TensorDataset(x, y)

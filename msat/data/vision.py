@@ -6,9 +6,8 @@ import os
 
 import torch
 from torch.utils.data import Dataset
-from torchvision import datasets, transforms as T
 
-from .base import DataBundle, dataset_root, unavailable
+from .base import DataBundle, DatasetError, dataset_root, unavailable
 
 CALIB_TRANSFORMS = ("test", "train", "crop_flip")
 
@@ -22,7 +21,7 @@ class Cutout:
 
     def __init__(self, length: int = 16, n_holes: int = 1):
         if length < 0 or n_holes < 0:
-            raise ValueError(f"Cutout needs length >= 0 and n_holes >= 0, got {length}, {n_holes}")
+            raise DatasetError(f"Cutout needs length >= 0 and n_holes >= 0, got {length}, {n_holes}")
         self.length, self.n_holes = length, n_holes
 
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
@@ -47,42 +46,45 @@ def _with_transform(ds: Dataset, tf) -> Dataset:
     return out
 
 
-def _calib_transform(cfg, test_tf, train_tf, crop_flip_tf):
-    choice = str(cfg.get("calib_transform", "test"))
+def _calib_transform(choice: str, test_tf, train_tf, crop_flip_tf):
     options = {"test": test_tf, "train": train_tf, "crop_flip": crop_flip_tf}
     if choice not in options:
-        raise ValueError(f"unknown calib_transform {choice!r}; valid: {', '.join(CALIB_TRANSFORMS)}")
+        raise DatasetError(f"unknown calib_transform {choice!r}; valid: {', '.join(CALIB_TRANSFORMS)}")
     return options[choice]
 
 
-def cifar_transforms(cfg) -> tuple[T.Compose, T.Compose, T.Compose]:
+def cifar_transforms(cfg) -> tuple:
     """(train, test, crop_flip) transforms. Train: crop(pad 4), flip, AutoAugment(CIFAR10), ToTensor,
     Cutout, Normalize (the authors' order: the hole is black before normalization)."""
+    from torchvision import transforms as T        # torchvision loads in ~2 s: only when a vision dataset is built
+
     norm = T.Normalize(tuple(cfg["mean"]), tuple(cfg["std"]))
     geo = [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()]
     train = list(geo)
-    if cfg.get("autoaugment", True):
+    if cfg["autoaugment"]:
         train.append(T.AutoAugment(T.AutoAugmentPolicy.CIFAR10))
     train.append(T.ToTensor())
-    if int(cfg.get("cutout", 16)) > 0:
-        train.append(Cutout(int(cfg.get("cutout", 16))))
+    if int(cfg["cutout"]) > 0:
+        train.append(Cutout(int(cfg["cutout"])))
     train.append(norm)
     return T.Compose(train), T.Compose([T.ToTensor(), norm]), T.Compose(geo + [T.ToTensor(), norm])
 
 
-_CIFAR = {"cifar10": (datasets.CIFAR10, "cifar-10-batches-py", 10),
-          "cifar100": (datasets.CIFAR100, "cifar-100-python", 100)}
+_CIFAR = {"cifar10": ("CIFAR10", "cifar-10-batches-py", 10), "cifar100": ("CIFAR100", "cifar-100-python", 100)}
 
 
-def build_cifar(cfg) -> DataBundle:
+def build_cifar(cfg, calib_transform: str = "test") -> DataBundle:
     """CIFAR-10 or CIFAR-100 under ``root/<torchvision folder>``; ``download=true`` fetches it once."""
+    from torchvision import datasets
+
     name = cfg["name"]
-    cls, folder, n_cls = _CIFAR[name]
+    cls_name, folder, n_cls = _CIFAR[name]
+    cls = getattr(datasets, cls_name)
     if int(cfg["num_classes"]) != n_cls:
-        raise ValueError(f"{name} has {n_cls} classes, config says num_classes={cfg['num_classes']}")
+        raise DatasetError(f"{name} has {n_cls} classes, config says num_classes={cfg['num_classes']}")
     root = dataset_root(cfg)
     train_tf, test_tf, cf_tf = cifar_transforms(cfg)
-    calib_tf = _calib_transform(cfg, test_tf, train_tf, cf_tf)
+    calib_tf = _calib_transform(calib_transform, test_tf, train_tf, cf_tf)
     how = (f"Place the python version of the dataset as {os.path.join(root, folder)}/ (the extracted "
            f"torchvision archive), or run with dataset.download=true on a machine with internet.")
 
@@ -90,7 +92,7 @@ def build_cifar(cfg) -> DataBundle:
         try:
             return cls(root, train=train, transform=tf, download=False)
         except RuntimeError as e:  # torchvision: "Dataset not found or corrupted"
-            if not cfg.get("download", False):
+            if not cfg["download"]:
                 raise unavailable(name, root, how, e) from e
         try:
             return cls(root, train=train, transform=tf, download=True)
@@ -102,20 +104,22 @@ def build_cifar(cfg) -> DataBundle:
                       calib=_with_transform(train, calib_tf), num_classes=n_cls, input_shape=(3, 32, 32))
 
 
-def build_imagenet(cfg) -> DataBundle:
+def build_imagenet(cfg, calib_transform: str = "test") -> DataBundle:
     """ImageNet as two ImageFolders ``root/train/<wnid>/*.JPEG`` and ``root/val/<wnid>/*.JPEG``."""
+    from torchvision import datasets, transforms as T
+
     name = cfg["name"]
     root = dataset_root(cfg)
-    size, resize = int(cfg.get("image_size", 224)), int(cfg.get("resize", 256))
+    size, resize = int(cfg["image_size"]), int(cfg["resize"])
     norm = T.Normalize(tuple(cfg["mean"]), tuple(cfg["std"]))
     train_tf = T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.ToTensor(), norm])
     test_tf = T.Compose([T.Resize(resize), T.CenterCrop(size), T.ToTensor(), norm])
-    calib_tf = _calib_transform(cfg, test_tf, train_tf, train_tf)
+    calib_tf = _calib_transform(calib_transform, test_tf, train_tf, train_tf)
     how = ("ImageNet cannot be downloaded automatically: place the training images as "
            f"{root}/train/<class>/<image> and the validation images sorted into class folders as "
            f"{root}/val/<class>/<image> (same class folder names in both).")
 
-    def make(split: str, tf) -> datasets.ImageFolder:
+    def make(split: str, tf) -> Dataset:
         path = os.path.join(root, split)
         if not os.path.isdir(path):
             raise unavailable(name, root, how)
@@ -129,7 +133,7 @@ def build_imagenet(cfg) -> DataBundle:
         raise unavailable(name, root, how + f" Found {len(train.classes)} train and {len(test.classes)} "
                                             "val classes with different names.")
     if len(train.classes) != int(cfg["num_classes"]):
-        raise ValueError(f"{name}: found {len(train.classes)} class folders under {root}/train, "
+        raise DatasetError(f"{name}: found {len(train.classes)} class folders under {root}/train, "
                          f"config says num_classes={cfg['num_classes']}")
     return DataBundle(name=name, train=train, test=test, calib=_with_transform(train, calib_tf),
                       num_classes=len(train.classes), input_shape=(3, size, size))

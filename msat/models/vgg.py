@@ -8,7 +8,6 @@ from .registry import register_model
 
 # Channel counts; "M" is a 2x2 pooling layer (max or avg).
 CFGS: dict[str, list[int | str]] = {
-    "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
     "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
 }
 _POOLS = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d}

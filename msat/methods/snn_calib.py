@@ -1,0 +1,171 @@
+"""SNN Calibration (Li, Deng, Dong, Gong, Gu, ICML 2021, "A free lunch from ANN: towards efficient,
+accurate spiking neural networks calibration"; code yhhhli/SNN_Calibration).
+
+Both pipelines calibrate for one simulation length ``calib_T`` (``method.calib_T``, default the run's T)
+and run IF neurons with soft reset:
+
+- thresholds: for each layer, the candidate ``theta_i = max * (1 - 0.01 i)``, i = 0..94, that minimizes
+  the mean squared error between the ANN activation a and its T-step rate code
+  ``floor(clip(a / theta * T, 0, T)) * theta / T`` (``find_threshold_mse``; per channel with
+  ``calib.per_channel``); over several calibration batches the per-batch values are averaged with
+  momentum 0.9, as the code's ``DataSaverHook`` does;
+- the shift: an input current theta / (2 T) added at every step (``enable_shift``), which turns the
+  rate code's floor into rounding;
+- ``snn_calib_light``: bias calibration. Layer by layer, in execution order, the SNN is simulated for
+  calib_T steps on the first calibration batch and the per-channel mean (over batch and positions) of
+  the layer's time-averaged output is matched to the unmodified ANN's: the input current of the
+  layer's neurons gains ``mean(ANN) - mean(SNN)`` (``emp_bias_corr``);
+- ``snn_calib_advanced``: potential calibration. The same loop sets a per-element initial potential
+  ``V(-1) = (mean_batch(ANN) - mean_batch(SNN)) * T`` instead (``correct_mempot=True``).
+
+Where we follow the code rather than the paper: the candidates (95, from the max), the EMA over batches,
+the closed-form corrections (no iterative optimization). Where we differ: the code corrects the bias of
+the conv before each ReLU; we add the correction to the neuron's input current, which is the same for a
+conv -> ReLU chain and also serves a ReLU after a residual add (the code has special residual modules).
+The calibration data are the run's calibration batches (shared by every method), not the code's
+training loader.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Optional
+
+import torch
+
+from ..config import ConfigError, MethodConfig, param
+from ..simulation import Observer, simulate
+from . import register_method
+from .base import CalibContext, Method
+
+Tensor = torch.Tensor
+
+
+@dataclass
+class SNNCalibConfig(MethodConfig):
+    name: str = param("snn_calib_light", "the conversion method")
+    calib_T: Optional[int] = param(None, "the simulation length calibrated for (null: the run's T)")
+    candidates: int = param(95, "threshold candidates theta_i = max * (1 - 0.01 i), i < candidates (<= 100)")
+    momentum: float = param(0.9, "EMA momentum of the per-batch thresholds over calibration batches")
+    shift: bool = param(True, "add theta / (2 T) to the input current at every step")
+
+    def check(self, where: str = "method") -> None:
+        if self.calib_T is not None and self.calib_T < 1:
+            raise ConfigError(f"{where}.calib_T must be >= 1, got {self.calib_T}")
+        if not 1 <= self.candidates <= 100:
+            raise ConfigError(f"{where}.candidates must be in 1..100, got {self.candidates}")
+        if not 0.0 <= self.momentum < 1.0:
+            raise ConfigError(f"{where}.momentum must be in [0, 1), got {self.momentum}")
+
+    def resolve(self, T: Optional[int]) -> "SNNCalibConfig":
+        if self.calib_T is not None:
+            return self
+        if T is None:
+            raise ConfigError("method.calib_T defaults to the run's T: set method.calib_T or give T")
+        return replace(self, calib_T=T)
+
+
+def _channel_view(x: Tensor) -> Tensor:
+    """(B, C, ...) -> (C, B*...)."""
+    return x.transpose(0, 1).reshape(x.shape[1], -1)
+
+
+def mmse_threshold(a: Tensor, T: int, candidates: int = 95, per_channel: bool = False) -> Tensor:
+    """The threshold among ``max * (1 - 0.01 i)`` minimizing the mean squared error of the T-step
+    rate code of the activations ``a`` (B, ...): () per layer, (C, 1, ...) per channel."""
+    def code(theta: Tensor) -> Tensor:
+        return torch.floor(torch.clamp(a / theta * T, 0, T)) * theta / T
+
+    if per_channel:
+        mx = _channel_view(a).amax(1).view(1, -1, *([1] * (a.dim() - 2)))        # (1, C, 1, ...)
+        best, best_err = mx.clone(), torch.full_like(mx, float("inf"))
+        for i in range(candidates):
+            theta = mx * (1.0 - 0.01 * i)
+            err = _channel_view((a - code(theta.clamp_min(1e-12))) ** 2).mean(1).view_as(mx)
+            better = err < best_err
+            best, best_err = torch.where(better, theta, best), torch.where(better, err, best_err)
+        return best[0]                                                            # (C, 1, ...)
+    mx = a.max()
+    best, best_err = mx.clone(), float("inf")
+    for i in range(candidates):
+        theta = mx * (1.0 - 0.01 * i)
+        if float(theta) <= 0:
+            break
+        err = float(((a - code(theta)) ** 2).mean())
+        if err < best_err:
+            best, best_err = theta, err
+    return best
+
+
+class _Rate(Observer):
+    """The summed spike counts of one layer over a simulation."""
+
+    def __init__(self, name: str):
+        self.name, self.total = name, None
+
+    def on_spikes(self, name: str, spikes: Tensor, t0: int) -> None:
+        if name == self.name:
+            s = spikes.sum(0)
+            self.total = s if self.total is None else self.total + s
+
+
+def _channel_mean(x: Tensor) -> Tensor:
+    """Mean over every dim but the channel (dim 1): (C, 1, ...) per sample."""
+    dims = [d for d in range(x.dim()) if d != 1]
+    return x.mean(dim=dims).view(-1, *([1] * (x.dim() - 2)))
+
+
+@register_method
+class SNNCalibLight(Method):
+    """SNN Calibration, light: MMSE thresholds, the theta/(2T) shift, per-channel bias calibration."""
+
+    name = "snn_calib_light"
+    label = "SNN Calibration, light"
+    citation = "Li et al., ICML 2021"
+    params = SNNCalibConfig
+    variants = ({"method.calib_T": 8}, {"method.calib_T": 32}, {"method.calib_T": 256})
+    potential = False
+
+    def describe(self) -> str:
+        return f"{self.label} (calib. T={self.params.calib_T})"
+
+    def thresholds(self, ctx: CalibContext) -> dict:
+        p, per_channel = self.params, ctx.cfg.calib.per_channel
+        found: dict = {}
+
+        def record(neuron, x: Tensor) -> None:
+            theta = mmse_threshold(neuron.forward(x.detach()), p.calib_T, p.candidates, per_channel)
+            found[neuron] = theta if neuron not in found else p.momentum * found[neuron] + (1 - p.momentum) * theta
+
+        ctx.activations(record)
+        return found
+
+    def after_convert(self, snn, ctx: CalibContext) -> None:
+        T, x = self.params.calib_T, ctx.batches[0]
+        neurons = [m for _, m in snn.neuron_layers()]
+        for m in neurons:
+            if self.params.shift:
+                m.set_input_bias(m.theta * (0.5 / T))
+        ann = {n: torch.relu(a) if m.ann_act is None else m.ann_act(a)
+               for (n, a), m in zip(snn.ann_preactivations(x).items(), neurons)}
+        ctx.cost.ann_forwards += 1
+        for m in neurons:                                   # layer by layer: earlier layers already calibrated
+            rate = _Rate(m.name)
+            simulate(snn, x, T, observers=(rate,))
+            ctx.cost.sim_steps += T
+            snn_out = rate.total * (self.cfg.neuron.k * m.theta) / T             # (B, ...) time-averaged output
+            if self.potential:
+                v0 = (ann[m.name].mean(0) - snn_out.mean(0)) * T                  # activation units, per element
+                m.set_v0(v0 / torch.where(m.theta > 0, m.theta, torch.ones_like(m.theta)))
+            else:
+                delta = _channel_mean(ann[m.name]) - _channel_mean(snn_out)         # (C, 1, ...)
+                m.set_input_bias(delta if m.i_bias is None else m.i_bias + delta)
+        super().after_convert(snn, ctx)
+
+
+@register_method
+class SNNCalibAdvanced(SNNCalibLight):
+    """SNN Calibration, advanced: MMSE thresholds, the theta/(2T) shift, per-element potential calibration."""
+
+    name = "snn_calib_advanced"
+    label = "SNN Calibration, advanced"
+    potential = True

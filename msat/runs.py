@@ -1,0 +1,199 @@
+"""Run directories: unique names, one run at a time, outputs committed as one set, verified on read.
+
+- ``run_id()``: the name of a fresh run directory, ``<date>_<time>_<6 hex>`` (two runs started in the
+  same second get different directories); ``${msat_run_id:}`` in the Hydra configs.
+- ``RunLock(run_dir)``: an exclusive lock held for the whole run; a second run into a locked
+  directory is refused in one line naming the other run (pid, host, start, command).
+- ``Staging(run_dir)`` and ``commit``: a run writes its outputs into ``<run_dir>/.staging-*`` and
+  commits them together: the old result's marker (``metrics.json``) is removed first, the staged
+  files are moved in, files of the old set that the new one lacks are removed, and the new
+  ``metrics.json`` is written last, with the sha256 of every file of the set (``files``). A
+  directory therefore holds one result, or none while a commit is under way, never files of two.
+- ``load_run(run_dir)``: the result, after checking that every file of its set is the one committed.
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+from .utils import DiskFullError, UserError, atomic_write_text
+
+MARKER = "metrics.json"
+LOCK = ".lock"
+
+
+def run_id() -> str:
+    """``YYYY-mm-dd_HH-MM-SS_<6 hex>``; under torchrun every rank gets the same one (from the
+    rendezvous id and the launcher's start, which all ranks share)."""
+    stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+    shared = os.environ.get("TORCHELASTIC_RUN_ID")
+    if shared and os.environ.get("WORLD_SIZE", "1") != "1":
+        key = f"{shared}:{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}:{os.getppid()}"
+        return time.strftime("%Y-%m-%d") + "_torchrun_" + hashlib.sha256(key.encode()).hexdigest()[:6]
+    return f"{stamp}_{secrets.token_hex(3)}"
+
+
+class RunLock:
+    """Exclusive lock on ``run_dir`` (``fcntl.flock`` on ``run_dir/.lock``), released on exit."""
+
+    def __init__(self, run_dir: str | os.PathLike):
+        self.run_dir = Path(run_dir)
+        self.fd: Optional[int] = None
+
+    def __enter__(self) -> "RunLock":
+        import fcntl
+
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        path = self.run_dir / LOCK
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                os.close(fd)
+                raise
+            try:
+                other = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+            except (ValueError, OSError):
+                other = {}
+            os.close(fd)
+            who = (f"pid {other.get('pid', '?')} on {other.get('host', '?')}, started {other.get('started', '?')}: "
+                   f"{other.get('command', '?')}")
+            raise UserError(f"run directory {self.run_dir} is in use by another run ({who}); wait for it to "
+                            "finish or choose another hydra.run.dir") from None
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                "command": " ".join(sys.argv)}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode(), 0)
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        import fcntl
+
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class Staging:
+    """A staging directory inside ``run_dir`` for one result set; removed on exit unless committed.
+
+    ``path(name)`` is where a file of the set is written. Disk-full errors inside the block become one
+    :class:`UserError` naming the file and the space needed; nothing of the previous result is touched.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike, expected_bytes: int = 0):
+        self.run_dir = Path(run_dir)
+        self.dir = self.run_dir / f".staging-{os.getpid()}-{secrets.token_hex(3)}"
+        self.expected = expected_bytes
+        self.committed = False
+
+    def __enter__(self) -> "Staging":
+        self.dir.mkdir(parents=True, exist_ok=False)
+        return self
+
+    def path(self, name: str) -> Path:
+        return self.dir / name
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+        staged = _tree_size(self.dir)
+        shutil.rmtree(self.dir, ignore_errors=True)
+        if isinstance(exc, DiskFullError) or (isinstance(exc, OSError) and exc.errno == errno.ENOSPC):
+            name = exc.path.name if isinstance(exc, DiskFullError) else ""
+            raise DiskFullError(self.run_dir / name if name else self.run_dir,
+                                max(self.expected, _result_size(self.run_dir), staged),
+                                "the previous result there is unchanged") from None
+        return False
+
+    def commit(self, result: Mapping[str, Any]) -> dict:
+        """Move the staged files into ``run_dir`` as one set; write ``metrics.json`` (``result`` plus the
+        set's ``files`` manifest) last. Returns the result as written."""
+        staged = sorted(p for p in self.dir.rglob("*") if p.is_file())
+        files = {str(p.relative_to(self.dir)): _sha256(p) for p in staged}
+        if MARKER in files:
+            raise ValueError(f"{MARKER} is written by commit, not staged")
+        out = {**result, "files": files}
+        text = json.dumps(out, indent=2, default=str) + "\n"
+        old = self.run_dir / MARKER
+        previous: dict = {}
+        if old.is_file():
+            try:
+                previous = json.loads(old.read_text()).get("files") or {}
+            except ValueError:
+                previous = {}
+        try:
+            probe = self.dir / MARKER
+            atomic_write_text(probe, text)               # the marker fits on the disk before anything moves
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                raise DiskFullError(self.run_dir / MARKER, len(text), "the previous result there is unchanged") \
+                    from None
+            raise
+        old.unlink(missing_ok=True)                      # from here the directory holds no result
+        for p in staged:
+            dest = self.run_dir / p.relative_to(self.dir)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(p, dest)
+        for name in previous:
+            if name not in files:
+                (self.run_dir / name).unlink(missing_ok=True)
+        os.replace(probe, old)                           # the new result, complete
+        self.committed = True
+        return out
+
+
+def _result_size(run_dir: Path) -> int:
+    """Bytes of the result committed in ``run_dir`` (0 if none): what a new result of the run needs again."""
+    marker = run_dir / MARKER
+    if not marker.is_file():
+        return 0
+    try:
+        files = json.loads(marker.read_text()).get("files") or {}
+    except ValueError:
+        return 0
+    return marker.stat().st_size + sum((run_dir / n).stat().st_size for n in files if (run_dir / n).is_file())
+
+
+def _tree_size(root: Path) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) if root.exists() else 0
+
+
+def load_run(run_dir: str | os.PathLike, verify: bool = True) -> dict:
+    """``metrics.json`` of ``run_dir``; with ``verify``, every file of its set must be the one committed."""
+    run_dir = Path(run_dir)
+    path = run_dir / MARKER
+    if not path.is_file():
+        raise UserError(f"{run_dir} holds no result ({MARKER} missing: the run did not finish, or is committing)")
+    try:
+        result = json.loads(path.read_text())
+    except ValueError as e:
+        raise UserError(f"{path} is not valid JSON ({e})") from e
+    if verify:
+        bad = [n for n, h in (result.get("files") or {}).items()
+               if not (run_dir / n).is_file() or _sha256(run_dir / n) != h]
+        if bad:
+            raise UserError(f"{run_dir}: files {bad} are not those of the result in {MARKER} (changed after the "
+                            "run committed); rerun it")
+    return result
+
+
+__all__ = ["run_id", "RunLock", "Staging", "load_run", "MARKER"]
