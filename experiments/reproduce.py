@@ -5,7 +5,7 @@ Each target (``table3`` ... ``table8``, ``fig2``, ``fig5``, ``fig6``, ``fig7``)
 1. trains the checkpoints its experiments need when they are absent (``train_ann.py``, one
    Hydra multirun per dataset; ``--ckpt-dir`` / ``CKPT_DIR`` point at existing ones),
 2. runs its conversions as one Hydra multirun of ``convert_eval.py`` over its experiment files
-   (``conf/experiment/<target>_*.yaml``, plus a sweep such as ``sc=off,on,filtered``),
+   (``conf/experiment/<target>_*.yaml``, plus a sweep such as ``method=msat,msat_sc,msat_sc_filtered``),
 3. aggregates the runs' ``metrics.json`` into ``results/<target>.md`` (measured columns beside
    the paper's and the authors' from ``../shared/reference``) and a figure where the paper has one.
 
@@ -374,7 +374,7 @@ class Target:
     title: str
     experiments: tuple[str, ...]
     aggregate: Callable[[Context], str]
-    sweep: tuple[str, ...] = ()              # extra multirun overrides, e.g. "sc=off,on,filtered"
+    sweep: tuple[str, ...] = ()              # extra multirun overrides, e.g. "method=msat,msat_sc,msat_sc_filtered"
     runtime: str = ""                        # expected runtime on one GPU (README)
     train: tuple[str, ...] = ()              # train_ann.py overrides for missing checkpoints
 

@@ -330,14 +330,21 @@ class SimConfig:
     batch_size: int = param(128, "test images per batch")
     chunk: int = param(32, "time steps folded into one batch for stateless layers")
     progress: bool = param(True, "progress bar (rank 0, only on a terminal)")
-    tune_malloc: bool = param(True, "CPU: keep freed chunk buffers in the process heap "
-                           "(msat.simulation.tune_cpu_allocator)")
+    precision: str = param("fp32", "fp32; tf32 (CUDA: TF32 convolutions); bf16 (convolutions in bf16 autocast, "
+                           "membrane state in fp32)", ("fp32", "tf32", "bf16"))
+    fused: Optional[bool] = param(None, "one compiled kernel per neuron layer and step (null: on CUDA only)")
+    cuda_graphs: Optional[bool] = param(None, "replay full chunks as CUDA graphs (null: on CUDA)")
+    channels_last: Optional[bool] = param(None, "NHWC activations (null: on CUDA)")
+    chunk_bytes: Optional[int] = param(None, "cap a chunk so no folded activation exceeds this many bytes "
+                                       "(null: 16 MiB on CPU, none on CUDA; 0: no cap)")
+    tune_malloc: bool = param(False, "CPU: also raise glibc's mmap threshold process-wide "
+                           "(msat.simulation.tune_cpu_allocator); not needed with the chunk cap")
     checkpoint_every: int = param(50, "write eval_state[.rankN].pt every this many batches (0: never)")
     stop_after_batches: Optional[int] = param(None, "test hook: stop (like a kill) after this many batches")
 
     def check(self, where: str = "sim") -> None:
         _at_least(_w(where), 1, batch_size=self.batch_size, chunk=self.chunk, stop_after_batches=self.stop_after_batches)
-        _at_least(_w(where), 0, checkpoint_every=self.checkpoint_every)
+        _at_least(_w(where), 0, checkpoint_every=self.checkpoint_every, chunk_bytes=self.chunk_bytes)
 
 
 @dataclass

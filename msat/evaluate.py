@@ -129,7 +129,7 @@ def shard_loader(ds, batch_size: int, rank: int, world: int, start: int = 0) -> 
 # ----------------------------------------------------------------------------- checkpoint / resume
 
 # config keys that leave the numbers unchanged: a state written under other values is reusable
-RESULT_NEUTRAL_KEYS = ("resume", "skip_done", "logger", "paths.output_dir", "sim.progress", "sim.tune_malloc",
+RESULT_NEUTRAL_KEYS = ("resume", "skip_done", "logger", "paths.output_dir", "sim.progress", "sim.tune_malloc", "sim.chunk_bytes",
                        "sim.checkpoint_every", "sim.stop_after_batches")
 
 
@@ -181,7 +181,7 @@ def load_eval_state(path: Path, fingerprint: dict, run_dir: Path, world: int,
         if others and not any(state_path(run_dir, r, world).is_file() for r in range(world)):
             raise UserError(f"resume=true: {run_dir} holds {others}, written by a different number of "
                             f"processes than world_size={world}; resume with the same number")
-        log.info("resume=true: %s holds no %s yet: simulating from the first batch", run_dir, path.name)
+        log.debug("resume=true: %s holds no %s yet: simulating from the first batch", run_dir, path.name)
         return None
     try:
         state = torch.load(path, map_location=device, weights_only=True)
@@ -244,7 +244,7 @@ def prepare(ecfg: EvalConfig, conv: ConversionConfig, resolved: dict, run_dir: P
     if device.type == "cpu" and ecfg.sim.tune_malloc:
         from .simulation import tune_cpu_allocator
 
-        tune_cpu_allocator()          # keep freed chunk buffers in the heap: ~15 % faster on CPU
+        tune_cpu_allocator()          # opt-in: the engine's chunk cap already keeps buffers in the heap
     ckpt_path = Path(ecfg.ckpt) if ecfg.ckpt else default_ckpt_path(resolved)
     ckpt = load_checkpoint(ckpt_path, dataset=ecfg.dataset["name"], model=ecfg.model.name)
     bundle = build_data(ecfg.dataset, artifacts=ckpt.get("artifacts") or None, calib_transform=conv.calib.transform)
@@ -322,7 +322,8 @@ def simulate_split(prep: Prepared, signals: StopSignals | None = None) -> Counts
             gen.manual_seed(cfg.seed * 1_000_003 + b)            # per batch: identical under sharding
             accs.set_labels(y)
             msat.simulate(prep.snn, x, cfg.T, chunk=sim.chunk, generator=gen, observers=(stats, accs),
-                          return_output=False)
+                          return_output=False, fused=sim.fused, precision=sim.precision,
+                          cuda_graphs=sim.cuda_graphs, channels_last=sim.channels_last, chunk_bytes=sim.chunk_bytes)
             if bar is not None:
                 bar.update(y.shape[0] * world)
             if (every and (start + i) % every == 0) or signals.requested:

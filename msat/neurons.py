@@ -16,7 +16,9 @@ network's ``SCState``) and recording in ANN mode (forward hooks, ``msat.methods.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
+import types
 from dataclasses import dataclass
 from typing import Optional, Union
 
@@ -143,6 +145,115 @@ def spike_confidence(s: Tensor, p: float, u: Tensor) -> Tensor:
     return s * (u < p).to(s.dtype)
 
 
+# ----------------------------------------------------------------------------- fused steps
+
+def if_update(z: Tensor, v: Tensor, th: Scalar, gamma: int = 1, hard: bool = False, keep: Optional[Tensor] = None,
+              filtered: bool = False, mask: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+    """One integrate-and-fire step in the order of operations of ``SpikingNeuron._loop`` (functional, for
+    the fused path): ``(s_out, v_next)``. ``keep``: spike-confidence draws as 0/1 (None: SC off at this
+    step); ``filtered``: dropped spikes do not reset; ``mask``: SRP's output mask."""
+    v = v + z                                              # V_pre(t)
+    if gamma == 1:
+        s = (v >= th).to(v.dtype)                          # the exact form of clamp(floor(v/th), 0, 1)
+    else:
+        s = torch.clamp(torch.floor(v / th), 0, gamma)
+    if keep is not None and filtered:
+        s = s * keep                                       # s_reset = s_out
+    v = torch.where(s > 0, torch.zeros_like(v), v) if hard else v - s * th
+    if keep is not None and not filtered:
+        s = s * keep                                       # s_out = c * s, after the reset
+    if mask is not None:
+        s = s * mask
+    return s, v
+
+
+def msat_adaptive(z: Tensor, v: Tensor, vsum: Tensor, inv_t: Tensor, theta: Scalar, hp: NeuronConfig,
+                  gamma: int = 1) -> Tensor:
+    """MSAT's th(t) for t > 0 (SPEC 2) in the order of operations of ``SpikingNeuron._msat_thresholds``;
+    ``inv_t`` = 1/t as a tensor (so one compiled kernel serves every step)."""
+    c3 = hp.tau_mp * -theta                                # tau_mp * V_T
+    e = None
+    if hp.use_det:
+        e = torch.exp(torch.clamp(z * (-1.0 / hp.C), max=_exp_cap(v.dtype)))
+        if hp.tau_rd != 1.0:
+            e = e * hp.tau_rd
+        if hp.use_dtt:
+            e = e + c3
+    if hp.use_dtt:
+        d = v - vsum * inv_t                               # V(t-1) - Vbar(t-1)
+        x = F.softplus(d, beta=1.0 / hp.k_i)
+        c_sp = hp.tau_mp * hp.k_a / hp.k_i
+        if c_sp != 1.0:
+            x = x * c_sp
+        x = x + d * (hp.tau_mp * hp.alpha)
+        th = torch.sigmoid(x + e if e is not None else x + c3)
+    elif e is not None:
+        th = torch.sigmoid(e)
+    else:
+        th = torch.full_like(v, 0.5)
+    th = th * theta
+    return th.clamp_min(torch.finfo(th.dtype).tiny) if gamma > 1 else th
+
+
+def _make_fused(dynamics: str, hp: NeuronConfig, first: bool, z_in: str, keep: Optional[bool], has_mask: bool,
+                keep_spikes: bool):
+    """The per-step update of one layer as one function over flat tensors, writing its results in place:
+    V (and MSAT's sum of V), the output o = s_out * th * scale and, with ``keep_spikes``, s_out.
+
+    ``first``: t = 0 (MSAT starts at theta); ``z_in``: where the input current is read from (``z``: its
+    own tensor; ``o`` / ``s``: the output buffer it shares memory with, read before it is written);
+    ``keep``: None (no spike confidence at this step), False (``emitted``) or True (``filtered``)."""
+    gamma, hard = hp.gamma, hp.reset == "hard"
+
+    def step(z, v, vsum, o_out, s_out, th, scale, inv_t, sc_keep, mask):
+        zz = o_out if z_in == "o" else s_out if z_in == "s" else z
+        thr = msat_adaptive(zz, v, vsum, inv_t, th, hp, gamma) if dynamics == "msat" and not first else th
+        s, v_new = if_update(zz, v, thr, gamma, hard, sc_keep if keep is not None else None, bool(keep),
+                             mask if has_mask else None)
+        v.copy_(v_new)
+        if dynamics == "msat":
+            vsum.add_(v_new)
+            o = s * thr * scale
+        else:
+            o = s * (thr * scale)
+        if keep_spikes:
+            s_out.copy_(s)
+        o_out.copy_(o)
+
+    return step
+
+
+_FUSED: dict = {}
+
+
+def fused_step(dynamics: str, hp: NeuronConfig, first: bool, z_in: str, keep: Optional[bool], has_mask: bool,
+               keep_spikes: bool, compile: bool = True):
+    """The per-step update compiled with ``torch.compile`` (one Triton kernel per layer and step on CUDA,
+    one C++ loop on CPU), cached by its options; ``compile=False`` gives the same function uncompiled."""
+    key = (dynamics, dataclasses.astuple(hp), first, z_in, keep, has_mask, keep_spikes, compile)
+    fn = _FUSED.get(key)
+    if fn is None:
+        fn = _make_fused(dynamics, hp, first, z_in, keep, has_mask, keep_spikes)
+        if compile:
+            # a code object of its own per variant: dynamo counts recompilations per code object
+            code = fn.__code__.replace(co_name=f"fused_step_{len(_FUSED)}")
+            fn = types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
+            fn = torch.compile(fn, dynamic=True, fullgraph=True)
+        _FUSED[key] = fn
+    return fn
+
+
+def _flat(x: Optional[Tensor]) -> Optional[Tensor]:
+    """A 1-D view of ``x`` in memory order (contiguous or channels-last), or None if it has none."""
+    if x is None:
+        return None
+    if x.is_contiguous():
+        return x.view(-1)
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        return x.permute(0, 2, 3, 1).view(-1)
+    return None
+
+
 # ----------------------------------------------------------------------------- module shells
 
 @dataclass
@@ -198,6 +309,9 @@ class SpikingNeuron(MemoryModule):
         self.register_buffer("v0", None)
         self.register_buffer("i_bias", None)
         self._u = None                                  # cached (theta inside, input, output factors)
+        self._bufs: dict[str, Tensor] = {}              # state and chunk buffers, reused (see _buffer)
+        self._fused_consts = None                       # (key, th, scale) tensors of the fused step
+        self.fused_compile = True                       # False: the fused step runs uncompiled (tests, debugging)
         self.reset_state()
 
     def extra_repr(self) -> str:
@@ -258,20 +372,44 @@ class SpikingNeuron(MemoryModule):
         mask = alive.to(th.dtype)
         return inner, mask, mask
 
+    def _buffer(self, key: str, shape: tuple, like: Tensor, dtype: Optional[torch.dtype] = None) -> Tensor:
+        """A buffer of this layer kept across chunks and batches (the engine reuses its own buffers:
+        no allocation per chunk, and fixed addresses for CUDA graphs); its content is undefined."""
+        dtype = dtype or like.dtype
+        buf = self._bufs.get(key)
+        if buf is None or buf.shape != torch.Size(shape) or buf.dtype != dtype or buf.device != like.device:
+            if like.dim() == 4 and len(shape) == 4 and not like.is_contiguous() and \
+                    like.is_contiguous(memory_format=torch.channels_last):
+                buf = torch.empty(shape, dtype=dtype, device=like.device, memory_format=torch.channels_last)
+            else:
+                buf = torch.empty(shape, dtype=dtype, device=like.device)
+            self._bufs[key] = buf
+        return buf
+
+    def _chunk_buffer(self, key: str, steps: int, batch: int, like: Tensor) -> Tensor:
+        """A reused (steps, B, ...) buffer laid out like ``like`` (B, ...) at every step."""
+        return self._buffer(key, (steps * batch, *like.shape[1:]), like).view(steps, batch, *like.shape[1:])
+
+    def state_dtype(self, z: Tensor) -> torch.dtype:
+        """Membrane state is kept in the wider of the input's and the scale's dtype (fp32 under bf16)."""
+        return torch.promote_types(z.dtype, self.theta.dtype) if z.is_floating_point() else self.theta.dtype
+
     def _init_state(self, batch: int, feat: tuple, like: Tensor, theta_in: Scalar) -> None:
-        self.v = torch.zeros((batch, *feat), dtype=like.dtype, device=like.device)
+        dtype = self.state_dtype(like)
+        self.v = self._buffer("v", (batch, *feat), like, dtype).zero_()
         if self.cfg.v_init != 0:
             self.v.add_(self.cfg.v_init * theta_in)
         if self.v0 is not None:
-            self.v.add_(self.v0.to(like.dtype) * theta_in)
+            self.v.add_(self.v0.to(dtype) * theta_in)
         if self.dynamics == "msat":
-            self.vsum = torch.zeros_like(self.v)
+            self.vsum = self._buffer("vsum", (batch, *feat), like, dtype).zero_()
         if self.dynamics == "signed":
             self.signed = SignedState.zeros(self.v)
 
     # --- SNN mode
     def run_chunk(self, z: Tensor, steps: int, batch: int, static: bool = False, keep_spikes: bool = False,
-                  consume: bool = False, sc: Optional[SCLayer] = None) -> tuple[Tensor, Tensor]:
+                  consume: bool = False, sc: Optional[SCLayer] = None, fused: bool = False,
+                  inv_t: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         """Advance ``steps`` time steps.
 
         z: (steps*B, ...) time-folded input current, or (B, ...) when ``static`` (the same current
@@ -279,7 +417,10 @@ class SpikingNeuron(MemoryModule):
         (in activation units), spikes (steps, B, ...) the spike counts s_out. With
         ``keep_spikes=False`` the two may share memory (spikes is then not valid). With
         ``consume=True`` the caller no longer needs ``z`` and its memory is reused. ``sc``: spike
-        confidence of this layer (None: off).
+        confidence of this layer (None: off). Both returned tensors may live in buffers this layer
+        reuses: they are valid until its next ``run_chunk`` (copy what you keep). ``fused``: run each step as one compiled kernel
+        (``fused_step``) where the layer allows it (fixed or MSAT threshold, one scale per layer);
+        ``inv_t``: (steps,) tensor of 1/t for the chunk's steps (0 at t = 0), on the layer's device.
         """
         feat = z.shape[1:]
         if self.t == 0 or self._u is None:
@@ -294,34 +435,80 @@ class SpikingNeuron(MemoryModule):
             zs = zs.mul_(in_scale) if consume else zs * in_scale
             consume = not static                                           # zs is our own copy now
         if self.v is None:
-            self._init_state(batch, feat, z, theta_in)
+            self._init_state(batch, feat, zs[0], theta_in)
         # spikes overwrite the input of step i once it has been integrated: (Tc, B, ...)
-        spikes = zs if consume else z.new_empty((steps, batch, *feat))
-        if self.dynamics != "msat":
+        spikes = zs if consume else self._chunk_buffer("spikes", steps, batch, zs[0])
+        if fused and self._fusable(theta_in, out_scale, zs, spikes):
+            out = self._loop_fused(zs, spikes, static, consume, keep_spikes, sc, theta_in, out_scale, inv_t)
+        elif self.dynamics != "msat":
             th_const = self.cfg.k * theta_in
             self._loop(zs, spikes, static, lambda i, t: th_const, None, sc)
             scale = th_const if out_scale is None else th_const * out_scale
-            out = spikes.mul_(scale) if not keep_spikes else spikes * scale
+            out = spikes.mul_(scale) if not keep_spikes else torch.mul(
+                spikes, scale, out=self._chunk_buffer("out", steps, batch, zs[0]))
         else:
             # o = s_out * th is written over the spikes unless the caller keeps them
-            out = torch.empty_like(spikes) if keep_spikes else None
-            self._loop(zs, spikes, static, self._msat_thresholds(zs, static, theta_in), out, sc)
+            out = self._chunk_buffer("out", steps, batch, zs[0]) if keep_spikes else None
+            self._loop(zs, spikes, static, self._msat_thresholds(zs, static, theta_in, inv_t), out, sc)
             out = spikes if out is None else out
             if out_scale is not None:
                 out.mul_(out_scale)
         self.t += steps
         return out.view(steps * batch, *feat), spikes
 
-    def _msat_thresholds(self, zs: Tensor, static: bool, theta_in: Scalar):
+    def _fusable(self, theta_in: Scalar, out_scale: Optional[Scalar], zs: Tensor, spikes: Tensor) -> bool:
+        """The fused step covers the fixed and MSAT thresholds with one scale per layer (SC, burst, hard
+        reset, v0, input bias and SRP masks included); SpiCalib and per-channel scales run the loop."""
+        same = [zs[0], spikes[0], self.v] + ([] if self.mask is None else [self.mask])
+        return (self.dynamics in ("if", "msat") and not isinstance(theta_in, Tensor)
+                and not isinstance(out_scale, Tensor) and _flat(self.v) is not None
+                and all(t.shape == self.v.shape and t.stride() == self.v.stride() for t in same))
+
+    def _loop_fused(self, zs: Tensor, spikes: Tensor, static: bool, consume: bool, keep_spikes: bool,
+                    sc: Optional[SCLayer], theta_in: float, out_scale: Optional[float],
+                    inv_t: Optional[Tensor]) -> Tensor:
+        """The time loop with one compiled kernel per step (``fused_step``); returns the output (Tc, B, ...)."""
+        cfg, v = self.cfg, self.v
+        msat = self.dynamics == "msat"
+        out = self._chunk_buffer("out", *spikes.shape[:2], zs[0]) if keep_spikes else spikes
+        # with consume, zs is the spikes buffer: the kernel reads z from the buffer it then writes
+        z_in = ("s" if keep_spikes else "o") if consume else "z"
+        dev, sdt = v.device, v.dtype
+        key = (theta_in, out_scale, sdt, dev)
+        if self._fused_consts is None or self._fused_consts[0] != key:   # made once: none inside a CUDA graph
+            self._fused_consts = (key, torch.tensor(theta_in if msat else cfg.k * theta_in, dtype=sdt, device=dev),
+                                  torch.tensor(1.0 if out_scale is None else out_scale, dtype=sdt, device=dev))
+        _, th, scale = self._fused_consts
+        if msat and inv_t is None:
+            inv_t = torch.tensor([1.0 / (self.t + i) if self.t + i > 0 else 0.0 for i in range(spikes.shape[0])],
+                                 dtype=sdt, device=dev)
+        fv, fvsum, fmask = _flat(v), _flat(self.vsum), _flat(self.mask)
+        u = self._buffer("u", v.shape, v) if sc is not None else None
+        compile = self.fused_compile
+        for i in range(spikes.shape[0]):
+            t = self.t + i
+            keep = None
+            if sc is not None and t < sc.E:
+                torch.rand(u.shape, generator=sc.generator, dtype=u.dtype, device=u.device, out=u)
+                keep = u.lt_(sc.p)                                        # c ~ Bernoulli(p), as 0/1 values
+            fn = fused_step(self.dynamics, cfg, msat and t == 0, z_in, None if keep is None else sc.filtered,
+                            fmask is not None, keep_spikes, compile)
+            fn(None if z_in != "z" else _flat(zs[0] if static else zs[i]), fv, fvsum, _flat(out[i]),
+               _flat(spikes[i]) if keep_spikes else None, th, scale, inv_t[i] if msat else th,
+               None if keep is None else _flat(keep), fmask)
+        return out
+
+    def _msat_thresholds(self, zs: Tensor, static: bool, theta_in: Scalar, inv_t: Optional[Tensor] = None):
         """A function (i, t) -> th(t) for the chunk, reading the current state V(t-1) and
-        sum V(0..t-1); the returned tensor is reused at the next step."""
+        sum V(0..t-1); the returned tensor is reused at the next step. ``inv_t``: 1/t of the chunk's
+        steps as a tensor (inside a CUDA graph, where a Python 1/t would be frozen)."""
         cfg = self.cfg
         c3 = cfg.tau_mp * -theta_in                 # tau_mp * V_T
         c_sp = cfg.tau_mp * cfg.k_a / cfg.k_i
         c_d = cfg.tau_mp * cfg.alpha
         beta = 1.0 / cfg.k_i
         cap = _exp_cap(zs.dtype)
-        d, th, e = torch.empty_like(self.v), torch.empty_like(self.v), torch.empty_like(self.v)
+        d, th, e = (self._buffer(k, self.v.shape, self.v) for k in ("d", "th", "e"))
         plain = isinstance(theta_in, float) and theta_in == 1.0
 
         def det(i: int) -> Tensor:
@@ -342,7 +529,10 @@ class SpikingNeuron(MemoryModule):
             if cfg.use_det and not static:
                 det(i)
             if cfg.use_dtt:
-                torch.add(self.v, self.vsum, alpha=-1.0 / t, out=d)       # d = V(t-1) - Vbar(t-1)
+                if inv_t is None:
+                    torch.add(self.v, self.vsum, alpha=-1.0 / t, out=d)   # d = V(t-1) - Vbar(t-1)
+                else:
+                    torch.sub(self.v, torch.mul(self.vsum, inv_t[i], out=d), out=d)
                 x = F.softplus(d, beta=beta)
                 if c_sp != 1.0:
                     x.mul_(c_sp)
@@ -381,8 +571,10 @@ class SpikingNeuron(MemoryModule):
             s = spikes[i]
             if gamma == 1:
                 torch.ge(v, th, out=s)                         # exact form of clamp(floor(v/th), 0, 1)
-            else:
+            elif s.dtype == v.dtype:
                 torch.div(v, th, out=s).floor_().clamp_(0, gamma)
+            else:                                              # bf16 spikes: count in the state's precision
+                s.copy_(torch.div(v, th).floor_().clamp_(0, gamma))
             drop = None
             if sc is not None and t < sc.E:
                 torch.rand(u.shape, generator=sc.generator, dtype=u.dtype, device=u.device, out=u)

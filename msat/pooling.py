@@ -43,6 +43,7 @@ class SpikingPool(MemoryModule):
         self.stride = kernel_size if stride is None or stride == [] or stride == () else stride
         self.padding, self.dilation, self.ceil_mode = padding, dilation, ceil_mode
         self.ann_equivalent = False
+        self._bufs: dict[str, Tensor] = {}             # state buffers, reused across batches (see _keep)
         if variant == "avg" and dilation not in (1, (1,), (1, 1), [1], [1, 1]):
             raise ValueError(f"pool {name!r}: avg replacement needs dilation 1, got {dilation}")
         self.reset_state()
@@ -71,17 +72,26 @@ class SpikingPool(MemoryModule):
         return self._max(x)
 
     def _cumulative(self, xs: Tensor, inplace: bool) -> Tensor:
-        """X(t) for every step of the chunk: (Tc, B, ...), state carried across chunks
-        (written over ``xs`` when ``inplace``)."""
-        acc = xs if inplace else torch.empty_like(xs)
+        """X(t) for every step of the chunk: (Tc, B, ...), state carried across chunks (written over
+        ``xs`` when ``inplace``; kept in at least fp32 when the input is bf16 / fp16)."""
+        dtype = torch.promote_types(xs.dtype, torch.float32)
+        inplace = inplace and dtype == xs.dtype
+        acc = xs if inplace else torch.empty_like(xs, dtype=dtype)
         prev = self.acc
         for i in range(xs.shape[0]):
             if prev is None:
                 prev = acc[0] if inplace else acc[0].copy_(xs[0])
             else:
                 prev = torch.add(prev, xs[i], out=acc[i])
-        self.acc = acc[-1].clone()
+        self.acc = self._keep("acc", acc[-1])
         return acc
+
+    def _keep(self, key: str, x: Tensor) -> Tensor:
+        """A copy of ``x`` in this pool's reused state buffer ``key`` (fixed address across batches)."""
+        buf = self._bufs.get(key)
+        if buf is None or buf.shape != x.shape or buf.dtype != x.dtype or buf.device != x.device:
+            buf = self._bufs[key] = torch.empty_like(x)
+        return buf.copy_(x)
 
     def run_chunk(self, x: Tensor, steps: int, batch: int, consume: bool = False) -> Tensor:
         """x: (steps*B, C, ...) time-folded input -> (steps*B, C, ...out) output.
@@ -106,8 +116,8 @@ class SpikingPool(MemoryModule):
         else:
             torch.sub(ms[0], self.cum, out=out[0])
         torch.sub(ms[1:], ms[:-1], out=out[1:])
-        self.cum = ms[-1].clone()
-        return out.view_as(m)
+        self.cum = self._keep("cum", ms[-1])
+        return out.view_as(m).to(x.dtype)
 
 
 __all__ = ["SpikingPool", "VARIANTS"]

@@ -10,6 +10,9 @@
   ``metrics.json`` is written last, with the sha256 of every file of the set (``files``). A
   directory therefore holds one result, or none while a commit is under way, never files of two.
 - ``load_run(run_dir)``: the result, after checking that every file of its set is the one committed.
+- ``CheckpointLock(path)``: training's lock on the checkpoint it writes (``<path>.lock``); ``commit_in_place``:
+  training's set (config, per-epoch logs written as it goes) committed by ``summary.json``, written last with
+  the sha256 of every file of the set.
 """
 from __future__ import annotations
 
@@ -52,9 +55,14 @@ class RunLock:
     def __enter__(self) -> "RunLock":
         import fcntl
 
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         path = self.run_dir / LOCK
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                raise DiskFullError(path, 4096, "nothing was written") from None
+            raise
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
@@ -72,9 +80,16 @@ class RunLock:
                             "finish or choose another hydra.run.dir") from None
         info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
                 "command": " ".join(sys.argv)}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(info).encode(), 0)
+        text = json.dumps(info).encode()
         self.fd = fd
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, text, 0)
+        except OSError as e:
+            self.__exit__()
+            if e.errno == errno.ENOSPC:
+                raise DiskFullError(path, len(text), "nothing was written") from None
+            raise
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -197,3 +212,103 @@ def load_run(run_dir: str | os.PathLike, verify: bool = True) -> dict:
 
 
 __all__ = ["run_id", "RunLock", "Staging", "load_run", "MARKER"]
+
+
+# ----------------------------------------------------------------------------- training: a checkpoint lock, a set
+# committed in place (its per-epoch logs are written as it goes: they are its resume state)
+
+def _holder(fd: int) -> str:
+    """The run that holds the lock file ``fd`` (as its holder wrote it): pid, host, start, command."""
+    try:
+        other = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+    except (ValueError, OSError):
+        other = {}
+    return (f"pid {other.get('pid', '?')} on {other.get('host', '?')}, started {other.get('started', '?')}: "
+            f"{other.get('command', '?')}")
+
+
+class CheckpointLock:
+    """Exclusive lock on a checkpoint a training writes (``fcntl.flock`` on ``<path>.lock``), held for the whole
+    run: a second training writing the same file is refused in one line naming the checkpoint and the other run.
+
+    The lock file is removed on exit (a run that opened it just before locks the new file instead), and so is
+    the checkpoint folder when this lock created it and it is still empty (a refused run leaves nothing).
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.lock = self.path.with_name(self.path.name + ".lock")
+        self.fd: Optional[int] = None
+        self._made_dir = False
+
+    def __enter__(self) -> "CheckpointLock":
+        import fcntl
+
+        self._made_dir = not self.lock.parent.exists()
+        while True:
+            self.lock.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                fd = os.open(self.lock, os.O_RDWR | os.O_CREAT, 0o644)
+            except FileNotFoundError:                    # the folder was removed meanwhile: make it again
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    os.close(fd)
+                    raise
+                who = _holder(fd)
+                os.close(fd)
+                raise UserError(f"checkpoint {self.path} is in use by another training ({who}); wait for it to "
+                                "finish or set another train.ckpt_path (or paths.ckpt_dir)") from None
+            try:
+                current = os.stat(self.lock).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                current = False
+            if current:
+                break
+            os.close(fd)                                 # its holder removed this file on exit: lock the new one
+        info = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                           "started": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv)}).encode()
+        self.fd = fd
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, info, 0)
+        except OSError as e:
+            self.__exit__()
+            if e.errno == errno.ENOSPC:
+                raise DiskFullError(self.lock, len(info), "nothing was written") from None
+            raise
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        import fcntl
+
+        if self.fd is None:
+            return
+        self.lock.unlink(missing_ok=True)                # while held: whoever opened it retries on a new file
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+        self.fd = None
+        if self._made_dir:
+            try:
+                self.lock.parent.rmdir()                 # only if empty: a run refused before it saved anything
+            except OSError:
+                pass
+
+
+def commit_in_place(run_dir: str | os.PathLike, names: list[str], result: Mapping[str, Any],
+                    marker: str = "summary.json") -> dict:
+    """Commit files a run wrote into ``run_dir`` as it went (training's config and per-epoch logs) as one set:
+    ``marker`` is written last (atomically), ``result`` plus the sha256 of each of ``names`` (``files``).
+
+    The run removes the old marker before it writes any file of its own, so until this commit the directory
+    holds no result, never a marker of one run beside files of another. Returns the marker as written."""
+    run_dir = Path(run_dir)
+    files = {n: _sha256(run_dir / n) for n in names if (run_dir / n).is_file()}
+    out = {**result, "files": files}
+    atomic_write_text(run_dir / marker, json.dumps(out, indent=2, default=str) + "\n")
+    return out
+
+
+__all__ += ["CheckpointLock", "commit_in_place"]

@@ -14,8 +14,9 @@ the spikes of each layer and the output, chunk by chunk (``Observer``).
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 import torch.fx as fx
@@ -80,6 +81,8 @@ class _Plan:
         self.keep = {a for n in dynamic for a in n.all_input_nodes if a not in dyn_set}
         self.static = self._steps(static, modules)
         self.dynamic = self._steps(dynamic, modules)
+        self.step_bytes: dict = {}               # input key -> largest activation per folded step (bytes)
+        self.last_max_bytes = 0
 
     def _steps(self, order: list, modules: dict) -> list[_Step]:
         pos = {n: i for i, n in enumerate(order)}
@@ -162,15 +165,94 @@ def _check_steps(T: Any, chunk: Any) -> None:
             raise SimulationError(f"{name} must be a positive integer, got {v!r}")
 
 
+PRECISIONS = ("fp32", "tf32", "bf16")
+CPU_CHUNK_BYTES = 16 << 20
+
+
+@dataclass(frozen=True)
+class SimOptions:
+    """How the engine runs (never what it computes, up to floating-point rounding):
+
+    - ``fused``: each neuron step as one compiled kernel (``msat.neurons.fused_step``); default on CUDA;
+    - ``precision``: ``fp32``; ``tf32`` (CUDA: TF32 convolutions and matmuls; on CPU the same as fp32);
+      ``bf16`` (convolutions and linear layers under bf16 autocast; membrane state stays fp32);
+    - ``cuda_graphs``: replay each full chunk after the first as one CUDA graph (default on CUDA);
+    - ``channels_last``: NHWC activations (default on CUDA);
+    - ``chunk_bytes``: cap the folded chunk so that no activation of a chunk exceeds this many bytes (default
+      on CPU 16 MiB: glibc then reuses freed chunk buffers instead of mapping them anew each chunk; 0: off).
+    """
+
+    fused: bool = False
+    precision: str = "fp32"
+    cuda_graphs: bool = False
+    channels_last: bool = False
+    chunk_bytes: int = 0
+
+    @staticmethod
+    def resolve(device: torch.device, fused: Optional[bool] = None, precision: str = "fp32",
+                cuda_graphs: Optional[bool] = None, channels_last: Optional[bool] = None,
+                chunk_bytes: Optional[int] = None) -> "SimOptions":
+        if precision not in PRECISIONS:
+            raise SimulationError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        cuda = device.type == "cuda"
+        if chunk_bytes is not None and (isinstance(chunk_bytes, bool) or not isinstance(chunk_bytes, int)
+                                        or chunk_bytes < 0):
+            raise SimulationError(f"chunk_bytes must be an integer >= 0 (0: no cap), got {chunk_bytes!r}")
+        return SimOptions(fused=cuda if fused is None else bool(fused), precision=precision,
+                          cuda_graphs=cuda and (True if cuda_graphs is None else bool(cuda_graphs)),
+                          channels_last=cuda if channels_last is None else bool(channels_last),
+                          chunk_bytes=(0 if cuda else CPU_CHUNK_BYTES) if chunk_bytes is None else chunk_bytes)
+
+
+class _Precision:
+    """TF32 switches for the simulation (restored after it) and the autocast of stateless layers."""
+
+    def __init__(self, device: torch.device, precision: str):
+        self.device, self.precision = device, precision
+        self.saved: Optional[tuple] = None
+
+    def __enter__(self) -> "_Precision":
+        if self.device.type == "cuda":
+            self.saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+            tf32 = self.precision == "tf32"
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+            torch.backends.cudnn.allow_tf32 = tf32
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.saved is not None:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = self.saved
+
+    def autocast(self):
+        """The context of a stateless layer: bf16 autocast, or nothing."""
+        if self.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return nullcontext()
+
+
+def prepare_network(snn: SpikingNetwork, x: Tensor, opts: SimOptions) -> Tensor:
+    """Lay out the network and the input for ``opts`` (channels-last: once, in place); returns the input."""
+    if opts.channels_last and x.dim() == 4:
+        if not getattr(snn, "_channels_last", False):
+            snn.graph_module.to(memory_format=torch.channels_last)
+            object.__setattr__(snn, "_channels_last", True)
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
 def simulate(snn: SpikingNetwork, x: Tensor, T: int, chunk: int = 32,
              generator: Optional[torch.Generator] = None, observers: Sequence[Observer] = (),
-             return_output: bool = True) -> Optional[Tensor]:
+             return_output: bool = True, *, fused: Optional[bool] = None, precision: str = "fp32",
+             cuda_graphs: Optional[bool] = None, channels_last: Optional[bool] = None,
+             chunk_bytes: Optional[int] = None) -> Optional[Tensor]:
     """Run ``snn`` for ``T`` steps on the batch ``x`` (direct coding: ``x`` at every step).
 
-    Returns (T, B, ...): the output layer's value at each step (not cumulative). All state is
-    reset first; a method with a pre-simulation (SRP) runs it before the T steps;
+    Returns (T, B, ...): the output layer's value at each step (not cumulative; fp32 or wider). All
+    state is reset first; a method with a pre-simulation (SRP) runs it before the T steps;
     ``generator`` seeds the spike-confidence draws (reproducible runs). ``return_output=False``
     streams the output to the observers only (memory independent of T) and returns None.
+    ``fused``, ``precision``, ``cuda_graphs``, ``channels_last``, ``chunk_bytes``: see :class:`SimOptions`
+    (the defaults pick the fast path of the device).
     """
     _check_steps(T, chunk)
     if not isinstance(snn, SpikingNetwork):
@@ -182,34 +264,60 @@ def simulate(snn: SpikingNetwork, x: Tensor, T: int, chunk: int = 32,
     if snn.sc.active and not 1 <= snn.sc.E <= T:
         raise SimulationError(f"spike confidence acts for t < sc.E={snn.sc.E}, beyond T={T}: simulate at least "
                               f"sc.E steps or convert with a smaller sc.E")
+    opts = SimOptions.resolve(x.device, fused, precision, cuda_graphs, channels_last, chunk_bytes)
+    x = prepare_network(snn, x, opts)
     reset_net(snn)
     try:
         with torch.no_grad():
             if snn.method is not None:
                 snn.method.presimulate(snn, x, chunk)
-            return run_steps(snn, x, T, chunk, generator, observers, return_output)
+            return run_steps(snn, x, T, chunk, generator, observers, return_output, opts)
     finally:
         reset_net(snn)
 
 
 def run_steps(snn: SpikingNetwork, x: Tensor, T: int, chunk: int = 32, generator: Optional[torch.Generator] = None,
-              observers: Sequence[Observer] = (), return_output: bool = True) -> Optional[Tensor]:
+              observers: Sequence[Observer] = (), return_output: bool = True,
+              opts: Optional[SimOptions] = None) -> Optional[Tensor]:
     """The engine's time loop from the neurons' current state (``simulate`` resets it first); used
     by pre-simulations. Returns (T, B, ...) outputs (None with ``return_output=False``)."""
+    opts = opts or SimOptions.resolve(x.device)
     plan = _plan(snn)
     gm = snn.graph_module
     sc = snn.sc.for_simulation(generator, x.device)
     B = x.shape[0]
     keep_spikes = len(observers) > 0
     out: Optional[Tensor] = None
-    with torch.no_grad():
+    prec = _Precision(x.device, opts.precision)
+    graphs = _Graphs.get(snn, plan, opts, x, chunk, keep_spikes) if opts.cuda_graphs else None
+    with torch.no_grad(), prec:
         for o in observers:
             o.on_batch_start(snn, x, T)
-        static = _run_static(snn, plan, x)
-        for t0 in range(0, T, chunk):
+        with prec.autocast():
+            static = _run_static(snn, plan, x)
+        key = (tuple(x.shape), x.dtype, opts.precision)
+        t0 = 0
+        while t0 < T:
             Tc = min(chunk, T - t0)
-            y = _run_chunk(snn, plan, gm, static, Tc, B, t0, keep_spikes, observers, sc)
+            if opts.chunk_bytes:
+                per_step = plan.step_bytes.get(key)
+                Tc = 1 if per_step is None else min(Tc, max(1, opts.chunk_bytes // max(per_step, 1)))
+            if graphs is not None and graphs.ready(snn, t0, Tc):
+                y, recorded = graphs.replay(snn, static, t0)
+                for name, s in recorded:
+                    for o in observers:
+                        o.on_spikes(name, s, t0)
+            else:
+                report = (lambda name, s, t0=t0: [o.on_spikes(name, s, t0) for o in observers]) if keep_spikes \
+                    else None
+                y = _run_chunk(snn, plan, gm, static, Tc, B, t0, report, sc, opts, prec)
+                if graphs is not None:
+                    graphs.after_eager(snn, t0, Tc)
+            if opts.chunk_bytes and key not in plan.step_bytes:
+                plan.step_bytes[key] = max(plan.last_max_bytes, y.numel() * y.element_size()) // Tc
             y = y.view(Tc, B, *y.shape[1:])                                # (Tc, B, classes)
+            if not y.is_floating_point() or y.dtype in (torch.bfloat16, torch.float16):
+                y = y.float()
             if return_output:
                 if out is None:
                     out = y.new_empty((T, *y.shape[1:]))                   # (T, B, classes)
@@ -217,6 +325,7 @@ def run_steps(snn: SpikingNetwork, x: Tensor, T: int, chunk: int = 32, generator
                 y = out[t0:t0 + Tc]
             for o in observers:
                 o.on_output(y, t0)
+            t0 += Tc
         for o in observers:
             o.on_batch_end()
     return out
@@ -233,10 +342,15 @@ def _aliased(z: Tensor, src: fx.Node, env: dict, static: dict) -> bool:
 
 
 def _run_chunk(snn: SpikingNetwork, plan: _Plan, gm: fx.GraphModule, static: dict, Tc: int, B: int, t0: int,
-               keep_spikes: bool, observers: Sequence[Observer], sc: dict) -> Tensor:
-    """One chunk of Tc steps through the dynamic part; returns the folded output (Tc*B, ...)."""
+               on_spikes: Optional[Callable[[str, Tensor], Any]], sc: dict, opts: SimOptions, prec: _Precision,
+               inv_t: Optional[Tensor] = None) -> Tensor:
+    """One chunk of Tc steps through the dynamic part; returns the folded output (Tc*B, ...).
+    ``on_spikes(layer name, spikes (Tc, B, ...))`` is called after each spiking layer (None: spikes
+    are not kept, and a layer may write its output over them)."""
+    keep_spikes = on_spikes is not None
     env: dict = {}
     folded: dict = {}
+    biggest = 0
 
     def value(n: fx.Node) -> Any:
         if n in env:
@@ -251,6 +365,7 @@ def _run_chunk(snn: SpikingNetwork, plan: _Plan, gm: fx.GraphModule, static: dic
     for step in plan.dynamic:
         node = step.node
         if step.kind == "output":
+            plan.last_max_bytes = biggest
             return value(node.args[0])
         if step.kind == "neuron":
             src = node.args[0]
@@ -258,9 +373,10 @@ def _run_chunk(snn: SpikingNetwork, plan: _Plan, gm: fx.GraphModule, static: dic
             z = static[src] if is_static else env[src]
             consume = src in step.free and not is_static and not _aliased(z, src, env, static)
             res, spikes = step.fn.run_chunk(z, Tc, B, static=is_static, keep_spikes=keep_spikes,
-                                            consume=consume, sc=sc.get(step.fn.name))
-            for o in observers:
-                o.on_spikes(step.fn.name, spikes, t0)
+                                            consume=consume, sc=sc.get(step.fn.name), fused=opts.fused,
+                                            inv_t=inv_t)
+            if on_spikes is not None:
+                on_spikes(step.fn.name, spikes)
         elif step.kind == "pool":
             src = node.args[0]
             x = value(src)
@@ -269,15 +385,123 @@ def _run_chunk(snn: SpikingNetwork, plan: _Plan, gm: fx.GraphModule, static: dic
         else:
             args = fx.node.map_arg(node.args, value)
             kwargs = fx.node.map_arg(node.kwargs, value)
-            res = _call(step, args, kwargs, gm)
+            with prec.autocast():
+                res = _call(step, args, kwargs, gm)
             if step.kind == "method" and step.fn in RESHAPE_METHODS and res.shape[:1] != args[0].shape[:1]:
                 raise SimulationError(f"node {node.name!r}: .{step.fn}() changes the batch dimension "
                                       f"({tuple(args[0].shape)} -> {tuple(res.shape)}); use x.flatten(1) or "
                                       "x.view(x.size(0), ...) so time can be folded into the batch")
+        if isinstance(res, Tensor):
+            biggest = max(biggest, res.numel() * res.element_size())
         env[node] = res
         for a in step.free:
             env.pop(a, None)
     raise RuntimeError("graph without output")  # pragma: no cover
+
+
+class _Graphs:
+    """CUDA graphs over a chunk: every full chunk after the first replays one captured graph.
+
+    The first chunk of a batch (t = 0: MSAT's first threshold, state initialization, SC draws) runs
+    eagerly, and so does any chunk where spike confidence acts (t < E) or of another length. The second
+    full chunk of the first batch is captured; from then on the graph is replayed with the batch's static
+    values copied into its input buffers and 1/t of the chunk's steps into its clock. State lives in the
+    layers' reused buffers (fixed addresses). Networks with SpiCalib's filter or SRP masks (per-batch
+    Python state) run eagerly. One graph per (network, batch shape, chunk, observers or not).
+    """
+
+    def __init__(self, snn: SpikingNetwork, plan: _Plan, opts: SimOptions, x: Tensor, chunk: int,
+                 keep_spikes: bool):
+        self.plan, self.opts, self.chunk, self.keep_spikes = plan, opts, chunk, keep_spikes
+        self.B = x.shape[0]
+        self.graph: Optional[Any] = None
+        self.failed = False
+        self.warm = False
+        self.static_in: dict = {}
+        self.inv_t = torch.zeros(chunk, dtype=torch.float32, device=x.device)
+        self.y: Optional[Tensor] = None
+        self.spikes: list = []
+
+    @staticmethod
+    def get(snn: SpikingNetwork, plan: _Plan, opts: SimOptions, x: Tensor, chunk: int,
+            keep_spikes: bool) -> Optional["_Graphs"]:
+        if x.device.type != "cuda" or not opts.fused:
+            return None
+        neurons = [m for _, m in snn.neuron_layers()]
+        if any(m.dynamics == "signed" or m.mask is not None for m in neurons):
+            return None                          # per-step Python state: SpiCalib's filter, SRP's masks
+        cache = snn.__dict__.setdefault("_sim_graphs", {})
+        key = (id(plan), tuple(x.shape), x.dtype, chunk, keep_spikes, opts)
+        if key not in cache:
+            cache[key] = _Graphs(snn, plan, opts, x, chunk, keep_spikes)
+        g = cache[key]
+        return None if g.failed else g
+
+    def _eligible(self, snn: SpikingNetwork, t0: int, Tc: int) -> bool:
+        sc_on = snn.sc.active and t0 < snn.sc.E
+        return t0 > 0 and Tc == self.chunk and not sc_on
+
+    def ready(self, snn: SpikingNetwork, t0: int, Tc: int) -> bool:
+        """Whether this chunk is replayed (capturing the graph first when the time has come)."""
+        if not self._eligible(snn, t0, Tc):
+            return False
+        if self.graph is None and self.warm:
+            return True                          # replay() captures first
+        return self.graph is not None
+
+    def after_eager(self, snn: SpikingNetwork, t0: int, Tc: int) -> None:
+        """An eligible chunk ran eagerly: every compiled kernel it needs exists; the next one is captured."""
+        if self._eligible(snn, t0, Tc):
+            self.warm = True
+
+    def _set_clock(self, snn: SpikingNetwork) -> None:
+        t = next(m for _, m in snn.neuron_layers()).t
+        self.inv_t.copy_(1.0 / torch.arange(t, t + self.chunk, dtype=torch.float32))
+
+    def replay(self, snn: SpikingNetwork, static: dict, t0: int) -> tuple[Tensor, list]:
+        neurons = [m for _, m in snn.neuron_layers()]
+        self._set_clock(snn)
+        if self.graph is None:
+            self._capture(snn, static, t0)
+            if self.graph is None:                # capture failed: this chunk already ran eagerly
+                return self.y, self.spikes
+        else:
+            for n, v in static.items():
+                dst = self.static_in.get(n)
+                if isinstance(v, Tensor) and dst is not None:
+                    dst.copy_(v)
+            self.graph.replay()
+            for m in neurons:
+                m.t += self.chunk
+        return self.y, self.spikes
+
+    def _capture(self, snn: SpikingNetwork, static: dict, t0: int) -> None:
+        import warnings
+
+        neurons = [m for _, m in snn.neuron_layers()]
+        t_before = [m.t for m in neurons]
+        self.static_in = {n: v.clone() if isinstance(v, Tensor) else v for n, v in static.items()}
+        prec = _Precision(self.inv_t.device, self.opts.precision)
+        graph = torch.cuda.CUDAGraph()
+        spikes: list = []
+        record = (lambda name, s: spikes.append((name, s))) if self.keep_spikes else None
+        try:
+            with torch.cuda.graph(graph):
+                y = _run_chunk(snn, self.plan, snn.graph_module, self.static_in, self.chunk, self.B, t0, record, {},
+                               self.opts, prec, inv_t=self.inv_t)
+        except Exception as e:  # noqa: BLE001 - an op that cannot be captured: stay eager, say so once
+            warnings.warn(f"CUDA graph capture failed ({type(e).__name__}: {e}); simulating eagerly")
+            self.failed = True
+            for m, t in zip(neurons, t_before):
+                m.t = t
+            torch.cuda.synchronize()
+            spikes = []
+            self.y = _run_chunk(snn, self.plan, snn.graph_module, static, self.chunk, self.B, t0, record, {},
+                                self.opts, prec)
+            self.spikes = spikes
+            return
+        self.graph, self.y, self.spikes = graph, y, spikes
+        graph.replay()                          # capture records, it does not compute: run the chunk now
 
 
 def tune_cpu_allocator(threshold_bytes: int = 1 << 30) -> bool:
@@ -304,4 +528,5 @@ def tune_cpu_allocator(threshold_bytes: int = 1 << 30) -> bool:
         return False
 
 
-__all__ = ["Observer", "SimulationError", "simulate", "run_steps", "tune_cpu_allocator"]
+__all__ = ["Observer", "SimulationError", "SimOptions", "PRECISIONS", "simulate", "run_steps",
+           "tune_cpu_allocator"]

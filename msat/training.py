@@ -6,15 +6,24 @@ checkpoint every epoch (``..._last.pt``, the full resume state) and on every new
 optimizer, scheduler, grad scaler, every RNG and the data order are restored. Mixed precision and
 channels-last apply on CUDA only. Under ``torchrun`` it trains with DDP (NCCL on CUDA, Gloo on CPU):
 ``train.batch_size`` is the global batch, rank 0 writes checkpoints and logs.
+
+A run holds a lock on its run directory and one on its checkpoint (``msat.runs``): a second training into
+either is refused. Its files in the run directory (``config.yaml``, ``metrics.jsonl`` / ``.csv``, written as
+it goes: they are the log a resume continues) form one set, committed by ``summary.json``: the old one is
+removed before the run writes anything, the new one is written last with the sha256 of every file of the set.
+SIGINT / SIGTERM stop at the next step; the state of the last completed epoch is in ``_last.pt`` and one line
+says from which epoch ``train.resume=true`` continues.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
 import signal
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -27,13 +36,19 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSamp
 from .checkpoint import default_ckpt_path, last_ckpt_path, load_checkpoint, save_checkpoint
 from .data import build_data, build_loader
 from .loggers import RunLogger
+from .runs import CheckpointLock, RunLock, commit_in_place
 from .models import build_model
 from .models.build import check_input
 from .config import TrainConfig, TrainRunConfig, from_mapping
-from .utils import (DistEnv, Interrupted, StopSignals, UserError, all_reduce_sum, capture_rng_state, hydra_run_dir,
-                    restore_rng_state, resume_command, seed_everything, setup_distributed, to_plain, versions)
+from .utils import (DiskFullError, DistEnv, Interrupted, StopSignals, UserError, all_reduce_sum, capture_rng_state,
+                    hydra_run_dir, restore_rng_state, resume_command, seed_everything, setup_distributed, to_plain,
+                    versions)
 
 log = logging.getLogger(__name__)
+
+# the files of a training's result set in its run directory; SUMMARY, written last, commits them
+RESULT_FILES = ["config.yaml", "metrics.jsonl", "metrics.csv"]
+SUMMARY = "summary.json"
 
 
 def lr_factor(epoch: int, epochs: int, warmup_epochs: int = 0) -> float:
@@ -234,15 +249,27 @@ def train(cfg: Any, run_dir: str | os.PathLike | None = None) -> dict:
     config = dict(to_plain(cfg))
     ckpt_path = Path(rc.train.ckpt_path) if rc.train.ckpt_path else default_ckpt_path(config)
     last_path = last_ckpt_path(ckpt_path)
-    resume = None
-    if rc.train.resume:
-        if last_path.is_file():
-            resume = load_checkpoint(last_path)
-        else:
-            log.warning("train.resume=true but %s does not exist: starting from scratch", last_path)
+    run_dir = Path(run_dir) if run_dir is not None else (hydra_run_dir() or _default_run_dir(rc))
     env, device = setup_distributed(rc.device)
     try:
-        return _train(rc, config, env, device, ckpt_path, last_path, resume, run_dir)
+        with ExitStack() as held:
+            # signals first: from the moment the run holds its directory, an interrupt ends it with the resume line
+            signals = held.enter_context(StopSignals())
+            if env.is_main:                              # rank 0 writes, so it holds the locks (as convert_eval)
+                try:
+                    held.enter_context(RunLock(run_dir))
+                except OSError as e:                     # no space for the lock's note of who holds it
+                    if e.errno != errno.ENOSPC or isinstance(e, DiskFullError):
+                        raise
+                    raise DiskFullError(run_dir / ".lock", 1024, "nothing was written") from None
+                held.enter_context(CheckpointLock(ckpt_path))
+            resume = None
+            if rc.train.resume:
+                if last_path.is_file():
+                    resume = load_checkpoint(last_path)
+                else:
+                    log.warning("train.resume=true but %s does not exist: starting from scratch", last_path)
+            return _train(rc, config, env, device, ckpt_path, last_path, resume, run_dir, signals)
     finally:
         if env.owns_group:
             dist.destroy_process_group()
@@ -258,8 +285,27 @@ def _optimizer(model: nn.Module, t: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay, nesterov=t.nesterov)
 
 
+def interrupt_message(signum: int, epoch: int, epochs: int, saved: bool, last_path: Path,
+                      run_dir: Path | None) -> str:
+    """The line an interrupted training ends with: the epoch it stopped in (``epoch``, 0-based), what
+    ``last_path`` holds, the epoch a resume starts from and the command. ``saved``: ``last_path`` holds this
+    run's state after ``epoch`` epochs (the partial epoch is never saved); without it, no epoch was completed
+    and a ``last_path`` that exists belongs to another run, so the command starts afresh instead."""
+    head = f"{signal.Signals(signum).name}: stopped during epoch {epoch + 1}/{epochs}"
+    hydra = [f"hydra.run.dir={run_dir}"] if run_dir is not None else []
+    if saved:
+        return (f"{head}, whose steps are not saved: {last_path} holds the state after epoch {epoch}, so the "
+                f"resume starts at epoch {epoch + 1}; resume with: {resume_command('train.resume=true', *hydra)}")
+    if not last_path.exists():
+        return (f"{head}; no epoch was completed, so nothing was saved and the resume starts at epoch 1; "
+                f"resume with: {resume_command('train.resume=true', *hydra)}")
+    return (f"{head}; no epoch was completed, so nothing was saved ({last_path} is the state of another run, "
+            f"which train.resume=true would continue); start again with: "
+            f"{resume_command('train.resume=false', *hydra)}")
+
+
 def _train(rc: TrainRunConfig, config: dict, env: DistEnv, device: torch.device, ckpt_path: Path,
-           last_path: Path, resume: dict | None, run_dir: str | os.PathLike | None) -> dict:
+           last_path: Path, resume: dict | None, run_dir: Path, signals: StopSignals) -> dict:
     t, seed = rc.train, rc.seed
     seed_everything(seed, deterministic=t.deterministic)
     if device.type == "cuda" and not t.deterministic:
@@ -303,19 +349,18 @@ def _train(rc: TrainRunConfig, config: dict, env: DistEnv, device: torch.device,
     if env.enabled:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
 
-    run_dir = Path(run_dir) if run_dir is not None else (hydra_run_dir() or _default_run_dir(rc))
     progress = t.progress and env.is_main and sys.stderr.isatty()
     name, ds_name = spec["name"], rc.dataset["name"]
     base = {"config": config, "artifacts": bundle.artifacts, "model_name": name, "model_spec": spec,
             "model_kwargs": spec["kwargs"], "num_classes": bundle.num_classes,
             "input_shape": tuple(bundle.input_shape), "dataset": ds_name, "versions": versions()}
     if env.is_main:
+        (run_dir / SUMMARY).unlink(missing_ok=True)      # until this run commits, the directory holds no result
         write_config(run_dir / "config.yaml", config)
         log.info("training %s on %s (%d train / %d test) on %s for %d epochs; run dir %s",
                  name, ds_name, len(bundle.train), len(bundle.test), device, t.epochs, run_dir)
     last_acc, done = None, 0
-    with RunLogger(rc.logger, run_dir, config, enabled=env.is_main, keep_until=start_epoch if resume else None) as rlog, \
-            StopSignals() as signals:
+    with RunLogger(rc.logger, run_dir, config, enabled=env.is_main, keep_until=start_epoch if resume else None) as rlog:
         for epoch in range(start_epoch, t.epochs):
             if t.stop_after_epochs is not None and done >= t.stop_after_epochs:
                 log.info("stopping after %d epochs (train.stop_after_epochs); resume with train.resume=true",
@@ -329,11 +374,10 @@ def _train(rc: TrainRunConfig, config: dict, env: DistEnv, device: torch.device,
                                    t.label_smoothing, t.max_steps_per_epoch, progress,
                                    desc=f"epoch {epoch + 1}/{t.epochs}", stop=signals, env=env)
             if _stop_everywhere(signals, env, device):
-                done_note = f"{last_path} holds epoch {epoch}" if epoch > 0 else "no epoch was completed"
-                cmd = resume_command("train.resume=true", *([f"hydra.run.dir={run_dir}"] if hydra_run_dir() else []))
-                raise Interrupted(f"{signal.Signals(signals.requested or signal.SIGTERM).name}: stopped during epoch "
-                                  f"{epoch + 1} ({done_note}); resume with: {cmd}",
-                                  signals.requested or signal.SIGTERM)
+                # epoch > 0: _last.pt holds this run's state after `epoch` epochs (saved by it, or resumed from)
+                signum = signals.requested or signal.SIGTERM
+                raise Interrupted(interrupt_message(signum, epoch, t.epochs, epoch > 0, last_path,
+                                                    run_dir if hydra_run_dir() else None), signum)
             loss_sum, correct, count = _all_reduce_sums(list(sums), env, device)
             scheduler.step()
             _broadcast_buffers(model, env)
@@ -363,5 +407,7 @@ def _train(rc: TrainRunConfig, config: dict, env: DistEnv, device: torch.device,
             last_acc = float(resume.get("test_acc", resume["best_acc"]))
         result = {"best_acc": best_acc, "final_acc": last_acc, "ckpt": str(ckpt_path),
                   "run_dir": str(run_dir)}
-        rlog.log_summary({**result, "epochs_done": done, "versions": base["versions"]})
+        rlog.log_summary({**result, "epochs_done": done, "versions": base["versions"]})     # W&B, summary.json
+        if env.is_main:                                  # summary.json again, last, naming the set it commits
+            commit_in_place(run_dir, RESULT_FILES, rlog.summary, marker=SUMMARY)
     return result

@@ -299,3 +299,161 @@ def test_what_ran_is_what_is_recorded_and_a_relaunch_repeats_it(ckpt_dir, tmp_pa
     assert r.returncode == 0, r.stderr[-3000:]
     cli = json.loads((tmp_path / "cli" / "metrics.json").read_text())
     assert cli["acc"] == first["acc"] and cli["layers"] == first["layers"]
+
+
+# ----------------------------------------------------------------------------- every method, end to end
+
+QCFS_CKPT = "digits_digits_cnn_qcfs.pt"
+METHOD_MIN_ACC = 0.80       # at T=16 on the 450 test images; chance is 0.10. Measured (3-epoch ANNs): the lowest
+                            # is vth_scaled (0.860), the QCFS rows 0.949 (qcfs) and 0.938 (srp), most >= 0.95
+
+
+@pytest.fixture(scope="module")
+def qcfs_ckpt(ckpt_dir) -> Path:
+    """A QCFS-trained digits_cnn (model.act=qcfs, 3 short epochs) beside the ReLU one."""
+    from msat.training import train
+
+    path = ckpt_dir / QCFS_CKPT
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose("train_ann", overrides=[f"paths.ckpt_dir={ckpt_dir}", f"paths.output_dir={ckpt_dir}",
+                                              "logger=none", "model.act=qcfs", f"train.ckpt_path={path}",
+                                              "train.epochs=3", "train.batch_size=64", "train.progress=false"])
+    train(cfg, run_dir=ckpt_dir / "train_qcfs")
+    assert path.is_file()
+    return path
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for the tiny digits tensors: on a loaded 2-core machine two spinning OpenMP threads
+    make each in-place op of the neuron loop ~100x slower (measured: 8 ms vs 0.04 ms per add)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _method_cases() -> list:
+    """(method, ANN) for every registered method and every ANN its comparison rows convert (``variants``):
+    the first of ``Method.ann`` by default, e.g. QCFS for qcfs and srp, plus MSAT and SRP on the other one."""
+    from msat.methods import get_method, list_methods
+
+    cases = []
+    for name in list_methods():
+        cls = get_method(name)
+        anns = dict.fromkeys(v.get("ann", cls.ann[0]) for v in cls.variants)
+        cases += [pytest.param(name, ann, id=f"{name}-{ann}") for ann in anns]
+    return cases
+
+
+@pytest.mark.parametrize("name, ann", _method_cases())
+def test_every_method_end_to_end(request, one_thread, ckpt_dir, tmp_path, name, ann):
+    """Every registered method (on the ANNs of its comparison rows): evaluate.run on digits at T=16 records the
+    method that ran, reaches well above chance, and records its resolved parameters."""
+    from msat.methods import get_method
+
+    extra = ("model.act=qcfs", f"ckpt={request.getfixturevalue('qcfs_ckpt')}") if ann == "qcfs" else ()
+    m = evaluate.run(make_cfg(tmp_path, ckpt_dir, f"method={name}", "T=16", *extra), run_dir=tmp_path / "run")
+    rec, cls = m["method"], get_method(name)
+    assert rec["name"] == name == m["config"]["method"]["name"]
+    assert rec["dynamics"] == cls.dynamics and rec["ann"] == ann == m["model_spec"]["act"]
+    assert m["counts"]["total"] == 450 and len(m["acc"]) == 16
+    assert m["acc"][15] >= METHOD_MIN_ACC, (name, ann, m["acc"][15], m["ann_acc"])
+    assert m["ann_acc"] >= 0.9
+    params = rec["params"]
+    if name.startswith("snn_calib"):
+        assert params["calib_T"] == 16 and rec["label"].endswith("(calib. T=16)")     # not given: the run's T
+        assert rec["cost"]["sim_steps"] >= 16 * len(m["layers"])                       # one calib_T run per layer
+    elif name == "srp":
+        assert params["tau"] == 4 and rec["presim_steps"] == 4 == rec["cost"]["presim_steps"]
+        assert rec["label"] == "SRP (tau=4)"
+    elif name == "spicalib":
+        assert params["allowance"] == 8 and params["debt"] == "net" and rec["label"] == "SpiCalib (A=8)"
+    else:
+        assert rec["presim_steps"] == 0
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["method"] == rec
+
+
+def test_cli_runs_a_method_like_the_library(one_thread, ckpt_dir, tmp_path):
+    """python convert_eval.py method=snn_calib_advanced T=16: exit 0, and its metrics.json holds the numbers
+    evaluate.run gives in process for the same config."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
+    out = tmp_path / "cli"
+    r = subprocess.run([sys.executable, "convert_eval.py", "method=snn_calib_advanced", "T=16", "logger=none",
+                        "sim.progress=false", f"paths.ckpt_dir={ckpt_dir}", f"hydra.run.dir={out}"], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    from msat.runs import load_run
+
+    cli = load_run(out)                                             # every file of the committed set verified
+    assert cli["method"]["name"] == "snn_calib_advanced" and cli["method"]["params"]["calib_T"] == 16
+    assert set(cli["files"]) >= {"acc_curve.csv", "config.yaml", "layers.csv", "acc_vs_T.png"}
+    lib = evaluate.run(make_cfg(tmp_path, ckpt_dir, "method=snn_calib_advanced", "T=16"), run_dir=tmp_path / "lib")
+    assert cli["counts"] == lib["counts"] and cli["acc"] == lib["acc"] and cli["layers"] == lib["layers"]
+    assert cli["acc"][15] >= METHOD_MIN_ACC
+
+
+# ----------------------------------------------------------------------------- the stages on their own
+
+def test_stages_one_by_one(one_thread, ckpt_dir, tmp_path):
+    """check_config -> prepare -> simulate_split -> summarize -> write, called one by one, give run()'s
+    numbers; write commits a verified set, and a second write with a smaller set leaves no stale file."""
+    import time
+
+    from msat.loggers import RunLogger
+    from msat.runs import load_run
+    from msat.utils import DistEnv, to_plain
+
+    T, run_dir = 8, tmp_path / "staged"
+    cfg = make_cfg(tmp_path, ckpt_dir, f"T={T}", "method=msat_dtt", "sim.batch_size=100", "sim.chunk=3")
+    t0 = time.perf_counter()
+    ecfg, conv = evaluate.check_config(cfg)
+    resolved = dict(to_plain(cfg))
+    prep = evaluate.prepare(ecfg, conv, resolved, run_dir, DistEnv(), torch.device("cpu"))
+    n_test = len(prep.bundle.test)
+    assert n_test == 450 and prep.snn.method.name == "msat_dtt"
+
+    counts = evaluate.simulate_split(prep)
+    assert counts.total == n_test and counts.resumed_images == 0
+    correct = counts.accs.correct
+    assert correct.dtype == torch.int64 and correct.shape == (T,)
+    assert all(0 <= c <= n_test for c in correct.tolist())
+    with torch.no_grad():                                           # the ANN count, independently
+        ann = sum(int((prep.model(x).argmax(-1) == y).sum()) for x, y in evaluate.shard_loader(prep.bundle.test,
+                                                                                                 100, 0, 1)[0])
+    assert counts.ann_correct == ann
+
+    metrics = evaluate.summarize(prep, counts, t0)
+    acc = metrics["acc"]
+    assert len(acc) == T and metrics["counts"]["correct"] == correct.tolist()
+    assert all(acc[t - 1] == correct[t - 1].item() / n_test for t in range(1, T + 1))
+    assert metrics["ann_acc"] == ann / n_test and metrics["acc_at"]["8"] == acc[7]
+    assert metrics["timing"]["images"] == n_test and metrics["timing"]["steps"] == T
+
+    full = RunLogger(ecfg.logger, run_dir, resolved, local=False)   # logger none: its local files join the set
+    first = evaluate.write(metrics, prep, full)
+    on_disk = load_run(run_dir)                                     # verifies every file's sha256
+    assert on_disk["acc"] == acc and on_disk["files"] == first["files"]
+    logger_files = {"metrics.jsonl", "metrics.csv", "summary.json", "layers.csv", "energy.csv"}
+    assert set(first["files"]) >= logger_files | {"acc_curve.csv", "config.yaml", "acc_vs_T.png", "sin_ratio.png",
+                                                   "firing_rate.png"}
+    assert all((run_dir / f).is_file() for f in first["files"])
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == T
+
+    # the second set lacks the logger's files (a disabled logger writes none): they must not survive
+    second = evaluate.write({**metrics, "name": "second"}, prep, RunLogger(ecfg.logger, run_dir, enabled=False))
+    assert not set(second["files"]) & logger_files
+    again = load_run(run_dir)
+    assert again["name"] == "second" and again["files"] == second["files"]
+    assert all((run_dir / f).is_file() for f in second["files"])
+    assert not any((run_dir / f).exists() for f in logger_files)
+    left = {p.name for p in run_dir.iterdir()} - set(second["files"]) - {"metrics.json", ".lock"}
+    assert left == set(), left                                      # no staging directory, no stale file
+
+    whole = evaluate.run(cfg, run_dir=tmp_path / "whole")            # the stages are run()'s
+    for key in ("acc", "counts", "ann_acc", "layers", "sin_curve", "energy", "method"):
+        if key == "method":
+            assert {k: v for k, v in whole[key].items() if k != "cost"} == \
+                   {k: v for k, v in metrics[key].items() if k != "cost"}
+        else:
+            assert whole[key] == metrics[key], key

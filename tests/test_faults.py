@@ -300,16 +300,62 @@ def test_interrupt_saves_the_state_and_says_how_to_resume(base, tmp_path, sig):
     assert load_run(d)["timing"]["resumed_images"] > 0
 
 
-def test_training_honours_sigterm(base, tmp_path):
+@pytest.mark.parametrize("when", ["before the first epoch", "after the first epoch"])
+def test_training_honours_sigterm(base, tmp_path, when):
+    """SIGTERM: one line saying in which epoch it stopped and from which epoch the resume starts (the steps of
+    the epoch it stopped in are not saved); the printed command resumes to the weights of an uninterrupted run
+    (the fixture's 3 epochs), each epoch logged once."""
     ck, rd = tmp_path / "ck", tmp_path / "rd"
-    p = start("train_ann.py", "logger=none", "train.epochs=100", f"paths.ckpt_dir={ck}", f"hydra.run.dir={rd}")
-    _wait_for(rd / "metrics.jsonl", lambda f: len(f.read_text().splitlines()) >= 2, p)
+    p = start("train_ann.py", "logger=none", "train.epochs=3", f"paths.ckpt_dir={ck}", f"hydra.run.dir={rd}",
+              f"paths.output_dir={tmp_path / 'out'}")
+    if when == "before the first epoch":                              # the run holds its directory
+        _wait_for(rd / ".lock", lambda f: f.stat().st_size > 0, p)
+    else:
+        _wait_for(rd / "metrics.jsonl", lambda f: len(f.read_text().splitlines()) >= 1, p)
     p.send_signal(signal.SIGTERM)
     out, err = p.communicate(timeout=120)
     lines = [line for line in err.splitlines() if line.strip()]
-    assert p.returncode == 143 and "Traceback" not in err
-    assert lines[-1].startswith("interrupted: SIGTERM: stopped during epoch") and "train.resume=true" in lines[-1]
-    saved = torch.load(ck / "digits_digits_cnn_last.pt", weights_only=True)["epoch"]
-    r = run("train_ann.py", "logger=none", "train.epochs=100", f"paths.ckpt_dir={ck}", f"hydra.run.dir={rd}",
-            "train.resume=true", "train.stop_after_epochs=1")
-    assert r.returncode == 0 and torch.load(ck / "digits_digits_cnn_last.pt", weights_only=True)["epoch"] == saved + 1
+    assert p.returncode == 143 and "Traceback" not in err, err[-2000:]
+    assert lines[-1].startswith("interrupted: SIGTERM: stopped during epoch "), lines[-1]
+    stopped = int(lines[-1].split("stopped during epoch ")[1].split("/")[0])
+    last = ck / "digits_digits_cnn_last.pt"
+    if when == "before the first epoch":
+        assert stopped == 1 and not last.exists()
+        assert "no epoch was completed, so nothing was saved and the resume starts at epoch 1" in lines[-1]
+    else:
+        saved = torch.load(last, weights_only=True)["epoch"]
+        assert stopped >= 2 and saved == stopped - 1, (lines[-1], saved)
+        assert f"{last} holds the state after epoch {saved}, so the resume starts at epoch {stopped}" in lines[-1]
+    cmd = lines[-1].split("resume with: python ")[1].split()
+    assert "train.resume=true" in cmd and f"hydra.run.dir={rd}" in cmd
+    r = run(cmd[0], *cmd[1:])
+    assert r.returncode == 0, r.stderr[-2000:]
+    a = torch.load(base["ck"] / "digits_digits_cnn_last.pt", weights_only=True)
+    b = torch.load(last, weights_only=True)
+    assert a["epoch"] == b["epoch"] == 3
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert [json.loads(line)["step"] for line in (rd / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+
+
+def test_two_trainings_into_one_directory_or_checkpoint(base, tmp_path):
+    """A second training into the directory, or onto the checkpoint, of a running one is refused in one line
+    naming it; the first completes alone and commits its set."""
+    ck, d = tmp_path / "ck", tmp_path / "shared"
+    common = ["logger=none", "train.progress=false", f"paths.ckpt_dir={ck}",
+              f"paths.output_dir={tmp_path / 'out'}"]
+    first = start("train_ann.py", *common, "train.epochs=40", f"hydra.run.dir={d}")
+    _wait_for(d / ".lock", lambda f: f.stat().st_size > 0, first)
+    second = start("train_ann.py", *common, "train.epochs=2", f"hydra.run.dir={d}")
+    third = start("train_ann.py", *common, "train.epochs=2", f"hydra.run.dir={tmp_path / 'other'}")
+    for p, message in ((second, f"run directory {d} is in use by another run (pid {first.pid}"),
+                       (third, f"checkpoint {ck / 'digits_digits_cnn.pt'} is in use by another training "
+                               f"(pid {first.pid}")):
+        out, err = p.communicate(timeout=300)
+        line = one_line(subprocess.CompletedProcess(p.args, p.returncode, out, err))
+        assert message in line, line
+    out, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err[-3000:]
+    summary = json.loads((d / "summary.json").read_text())
+    assert summary["epochs_done"] == 40 and len((d / "metrics.jsonl").read_text().splitlines()) == 40
+    assert summary["files"]["metrics.jsonl"] == hashlib.sha256((d / "metrics.jsonl").read_bytes()).hexdigest()
+    assert not (tmp_path / "other").exists() and not (ck / "digits_digits_cnn.pt.lock").exists()

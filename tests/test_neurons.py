@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from msat.config import conversion_config
-from msat.neurons import SCLayer, SpikingNeuron, fixed_step, msat_step, msat_threshold, reset_net, signed_step
+from msat.neurons import (SCLayer, SignedState, SpikingNeuron, fire, fixed_step, msat_step, msat_threshold, reset_net,
+                          reset_potential, signed_step, spike_confidence)
 
 
 def make(theta: float = 1.0, threshold: str = "fixed", **neuron) -> SpikingNeuron:
@@ -206,60 +207,114 @@ def test_sc_emitted_differs_from_filtered():
 # ----------------------------------------------------------------------------- parity, state
 
 def _pure_reference(dynamics, z, theta, cfg, units, gamma, hard, v_init, v0, sc_draws, sc_p, E, filtered,
-                    allowance=0.0):
-    """The pure step functions over the whole sequence, with SC applied as SPEC 2 states it."""
-    T, B = z.shape[:2]
-    th_in = torch.ones_like(theta) if units == "normalized" and dynamics == "msat" else theta
+                    allowance=0.0, debt="net", i_bias=None, mask=None):
+    """The pure step functions over the whole sequence, in the engine's documented order: V_pre = V + z
+    (z includes the input bias), fire, spike confidence, reset, SpiCalib's negative spikes, SRP's output
+    mask. Returns (outputs (T, B, ...), final V, final sum of V)."""
+    T = z.shape[0]
+    normalized = units == "normalized" and dynamics == "msat"
+    th_in = torch.ones_like(theta) if normalized else theta
     v = (torch.full_like(z[0], v_init) + (v0 if v0 is not None else 0)) * th_in
-    vsum, count, outs = torch.zeros_like(v), torch.zeros_like(v), []
+    vsum, outs = torch.zeros_like(v), []
+    st = SignedState.zeros(v) if dynamics == "signed" else None
     for t in range(T):
-        zt = z[t] / theta if units == "normalized" and dynamics == "msat" else z[t]
+        zt = z[t] + (i_bias if i_bias is not None else 0)
+        zt = zt / theta if normalized else zt
         if dynamics == "msat":
-            vbar = vsum / t if t > 0 else None
-            th = msat_threshold(zt, v, vbar, t, th_in, cfg)
+            th = msat_threshold(zt, v, vsum / t if t > 0 else None, t, th_in, cfg)
         else:
             th = cfg.k * th_in
         v_pre = v + zt
-        s = torch.clamp(torch.floor(v_pre / th), 0, gamma)
-        s_out = s
-        if sc_draws is not None and t < E:
-            s_out = s * (sc_draws[t] < sc_p).to(s.dtype)
+        s = fire(v_pre, th, gamma)
+        s_out = spike_confidence(s, sc_p, sc_draws[t]) if sc_draws is not None and t < E else s
         s_reset = s_out if filtered or sc_draws is None else s
-        v = torch.where(s_reset > 0, torch.zeros_like(v_pre), v_pre) if hard else v_pre - th * s_reset
+        v = reset_potential(v_pre, th, s_reset, hard)
         if dynamics == "signed":
-            s_neg, v, count = signed_step(torch.zeros_like(v), v, count + s_out, th, gamma, allowance)
-            s_out = s_out + s_neg
+            # the filter sees what reset the neuron; an emitted-mode SC drop applies to its output afterwards
+            s_sig, st = signed_step(s_reset, st, t, allowance, debt)
+            s_out = spike_confidence(s_sig, sc_p, sc_draws[t]) if sc_draws is not None and t < E and not filtered \
+                else s_sig
+        if mask is not None:
+            s_out = s_out * mask
         vsum = vsum + v
-        outs.append(s_out * th * (theta if units == "normalized" and dynamics == "msat" else 1))
-    return torch.stack(outs)
+        outs.append(s_out * th * (theta if normalized else 1))
+    return torch.stack(outs), v, vsum
 
 
-@pytest.mark.parametrize("dynamics", ["if", "msat"])
+DYN = {"if": ("if", 0.0, "net"), "msat": ("msat", 0.0, "net"), "signed_net": ("signed", 2.0, "net"),
+       "signed_braincog": ("signed", 1.0, "braincog")}
+
+
+@pytest.mark.parametrize("dyn", list(DYN))
 @pytest.mark.parametrize("units", ["normalized", "raw"])
 @pytest.mark.parametrize("reset,gamma", [("soft", 1), ("hard", 1), ("soft", 3)])
 @pytest.mark.parametrize("sc_mode", [None, "emitted", "filtered"])
-def test_module_matches_pure_functions(dynamics, units, reset, gamma, sc_mode):
-    """The engine's in-place loop equals the pure step functions for every option: both dynamics, both
-    units, soft/hard reset, burst gamma, spike confidence (both resets), v_init and a per-element v0."""
+@pytest.mark.parametrize("extras", [False, True])
+def test_module_matches_pure_functions(dyn, units, reset, gamma, sc_mode, extras):
+    """The engine's in-place loop, run in three chunks, equals the pure step functions for every option:
+    the three dynamics (SpiCalib with both debt rules and a nonzero allowance), both units, soft/hard reset,
+    burst gamma, spike confidence (both resets), v_init and a per-element v0, and (``extras``) an input bias
+    and an SRP output mask. The final potential (and MSAT's sum of V) agree too."""
+    dynamics, allowance, debt = DYN[dyn]
     g = torch.Generator().manual_seed(0)
-    T, B, C, E, p = 7, 3, 4, 5, 0.6
+    T, B, C, E, p = 12, 3, 4, 5, 0.6
     theta = torch.rand(C, 1, generator=g, dtype=torch.float64) * 3 + 0.5       # per channel (C, 1)
     z = torch.randn(T, B, C, 2, generator=g, dtype=torch.float64) * 2
     v0 = torch.rand(C, 2, generator=g, dtype=torch.float64) * 0.4              # per-element initial potential
+    i_bias = (torch.rand(C, 1, generator=g, dtype=torch.float64) - 0.5) if extras else None   # per channel
+    mask = (torch.rand(B, C, 2, generator=g) < 0.6).double() if extras else None              # (B, ...) 0/1
     cfg = conversion_config({"neuron": {"units": units, "reset": reset, "gamma": gamma, "alpha": 0.3,
                                         "v_init": 0.25}}).neuron
-    n = SpikingNeuron(cfg, "p", dynamics).double()
+    n = SpikingNeuron(cfg, "p", dynamics, allowance=allowance, debt=debt).double()
     n.set_theta(theta)
     n.set_v0(v0)
+    n.set_input_bias(i_bias)
+    n.mask = mask
     layer = SCLayer(p, E, sc_mode == "filtered", torch.Generator().manual_seed(3)) if sc_mode else None
-    o1, _ = n.run_chunk(z[:4].reshape(4 * B, C, 2), 4, B, keep_spikes=True, sc=layer)
-    o2, _ = n.run_chunk(z[4:].reshape(3 * B, C, 2), 3, B, keep_spikes=True, sc=layer)
-    got = torch.cat([o1, o2]).view(T, B, C, 2)
+    outs, t0 = [], 0
+    for steps in (5, 1, 6):                                # three chunks, state carried across them
+        c = z[t0:t0 + steps].reshape(steps * B, C, 2).clone()
+        o, _ = n.run_chunk(c, steps, B, keep_spikes=True, sc=layer)
+        outs.append(o.view(steps, B, C, 2).clone())         # the output may live in a buffer reused next chunk
+        t0 += steps
+    got = torch.cat(outs)
     draws = torch.rand((E, B, C, 2), generator=torch.Generator().manual_seed(3), dtype=torch.float64) \
         if sc_mode else None
-    want = _pure_reference(dynamics, z, theta, cfg, units, gamma, reset == "hard", 0.25, v0, draws, p, E,
-                           sc_mode == "filtered")
+    want, v, vsum = _pure_reference(dynamics, z, theta, cfg, units, gamma, reset == "hard", 0.25, v0, draws, p, E,
+                                    sc_mode == "filtered", allowance, debt, i_bias, mask)
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(n.v, v, rtol=1e-12, atol=1e-12)
+    if dynamics == "msat":
+        torch.testing.assert_close(n.vsum, vsum, rtol=1e-12, atol=1e-12)
+    assert n.t == T and (got != 0).any()
+    if dynamics == "signed":
+        assert (got < 0).any()                             # the sequence really emits negative spikes
+    if mask is not None:
+        assert (got[:, mask == 0] == 0).all()              # masked neurons emit nothing ...
+        assert (got[:, mask == 1] != 0).any()
+        unmasked, v_u, _ = _pure_reference(dynamics, z, theta, cfg, units, gamma, reset == "hard", 0.25, v0, draws,
+                                           p, E, sc_mode == "filtered", allowance, debt, i_bias, None)
+        torch.testing.assert_close(n.v, v_u, rtol=1e-12, atol=1e-12)       # ... but integrate and reset as usual
+        assert (unmasked[:, mask == 0] != 0).any()         # and would have fired
+
+
+def test_pure_signed_step_by_hand():
+    """SpiCalib's filter on a hand-made spike train, A = 1 (neg when t - t_last > isi + 1), both debt rules.
+
+    Neuron 0 fires at t = 1 (isi = 1, t_last = 1): t = 2, 3: 1, 2 > 2? no; t = 4: 3 > 2 -> -1 (net 1 -> 0);
+    t = 5: 4 > 2, but under ``net`` a zero net blocks it, under ``braincog`` net -> -1 and the output is muted.
+    Neuron 1 first fires at t = 4: ``net`` lets it (silence builds no debt); ``braincog`` counts -1 at
+    t = 2 and 3 (t > 0 + 1, net -1, -2: muted), so its spike leaves net = -1: muted too."""
+    spikes = [[0, 0], [1, 0], [0, 0], [0, 0], [0, 1], [0, 0]]
+    for debt, want in (("net", [[0, 0], [1, 0], [0, 0], [0, 0], [-1, 1], [0, 0]]),
+                       ("braincog", [[0, 0], [1, 0], [0, 0], [0, 0], [-1, 0], [0, 0]])):
+        st = SignedState.zeros(torch.zeros(2, dtype=torch.float64))
+        got = []
+        for t, s in enumerate(spikes):
+            out, st = signed_step(torch.tensor(s, dtype=torch.float64), st, t, 1.0, debt)
+            got.append(out.tolist())
+        assert got == want, debt
+        assert st.net.tolist() == ([0, 1] if debt == "net" else [-1, -1])
 
 
 def test_pure_functions_do_not_mutate():

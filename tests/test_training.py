@@ -184,9 +184,113 @@ def test_ddp_two_processes_on_cpu(tmp_path):
 
 def test_multirun_with_local_launcher(tmp_path):
     cmd = [sys.executable, str(ROOT / "train_ann.py"), "-m", "hydra/launcher=local", "train=smoke",
-           "logger=none", f"paths.root_dir={tmp_path}", "seed=0,1"]
+           "logger=none", f"paths.root_dir={tmp_path}", "seed=0,1",
+           "train.ckpt_path=${paths.output_dir}/smoke_checkpoints/s${seed}.pt"]    # parallel jobs: one each
     r = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     jobs = sorted((next((tmp_path / "outputs" / "multirun" / "train").iterdir())).glob("*_digits_digits_cnn"))
     assert [j.name for j in jobs] == ["0_digits_digits_cnn", "1_digits_digits_cnn"]
     assert all((j / "metrics.csv").is_file() for j in jobs)
+    assert sorted(p.name for p in (tmp_path / "outputs" / "smoke_checkpoints").iterdir()) == [
+        "s0.pt", "s0_last.pt", "s1.pt", "s1_last.pt"]
+
+
+# ----------------------------------------------------------------------------- locks, one committed set, interrupts
+
+QUICK = ("train.batch_size=64", "train.max_steps_per_epoch=2", "train.eval_batch_size=512")
+
+
+def _committed(run: Path) -> dict:
+    """summary.json of ``run``, after checking that it names every file of the set as it is now."""
+    import hashlib
+
+    summary = json.loads((run / "summary.json").read_text())
+    assert sorted(summary["files"]) == ["config.yaml", "metrics.csv", "metrics.jsonl"]
+    for name, sha in summary["files"].items():
+        assert hashlib.sha256((run / name).read_bytes()).hexdigest() == sha, name
+    return summary
+
+
+def test_a_rerun_into_the_same_directory_replaces_the_set(tmp_path, monkeypatch):
+    import msat.training
+
+    run = tmp_path / "run"
+    for epochs in (3, 2):                                         # no resume: the second run starts a fresh log
+        res = train(make_cfg(tmp_path, f"train.epochs={epochs}", *QUICK), run_dir=run)
+        lines = (run / "metrics.csv").read_text().splitlines()
+        assert lines[0].startswith("step,epoch,") and [int(r["epoch"]) for r in csv.DictReader(lines)] == \
+            list(range(1, epochs + 1))
+        assert len((run / "metrics.jsonl").read_text().splitlines()) == epochs
+        assert f"epochs: {epochs}" in (run / "config.yaml").read_text()
+        assert _committed(run)["best_acc"] == res["best_acc"]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [      # the lock file is gone
+        "digits_digits_cnn.pt", "digits_digits_cnn_last.pt"]
+
+    def killed(*a, **k):
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(msat.training, "save_checkpoint", killed)   # a third run dies after its first epoch's row
+    with pytest.raises(RuntimeError, match="killed"):
+        train(make_cfg(tmp_path, "train.epochs=4", *QUICK), run_dir=run)
+    assert not (run / "summary.json").exists()                   # no result, rather than files of two runs
+    assert "epochs: 4" in (run / "config.yaml").read_text()
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_a_second_training_into_a_locked_directory_or_checkpoint_is_refused(tmp_path):
+    import re
+
+    from msat.runs import CheckpointLock, RunLock
+
+    with RunLock(tmp_path / "run"):
+        with pytest.raises(UserError, match=re.escape(f"run directory {tmp_path / 'run'} is in use by another run "
+                                                      f"(pid {os.getpid()}")):
+            train(make_cfg(tmp_path, "train.epochs=1", *QUICK), run_dir=tmp_path / "run")
+    ckpt = tmp_path / "checkpoints" / "digits_digits_cnn.pt"
+    with CheckpointLock(ckpt):
+        with pytest.raises(UserError, match=re.escape(f"checkpoint {ckpt} is in use by another training "
+                                                      f"(pid {os.getpid()}")):
+            train(make_cfg(tmp_path, "train.epochs=1", *QUICK), run_dir=tmp_path / "other")
+    assert not (tmp_path / "checkpoints").exists()               # the lock made the folder, and removed it
+    assert not (tmp_path / "other" / "summary.json").exists()
+
+
+def _signal_at_epoch(monkeypatch, k: int) -> None:
+    """SIGTERM to this process as the k-th (1-based) call of train_one_epoch starts."""
+    import signal
+
+    import msat.training
+
+    original, calls = getattr(msat.training.train_one_epoch, "__wrapped__", msat.training.train_one_epoch), []
+
+    def wrapped(*a, **kw):
+        calls.append(1)
+        if len(calls) == k:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(*a, **kw)
+
+    wrapped.__wrapped__ = original
+    monkeypatch.setattr(msat.training, "train_one_epoch", wrapped)
+
+
+def test_interrupt_says_from_which_epoch_the_resume_starts(tmp_path, monkeypatch):
+    from msat.utils import Interrupted
+
+    last = tmp_path / "checkpoints" / "digits_digits_cnn_last.pt"
+    _signal_at_epoch(monkeypatch, 2)
+    with pytest.raises(Interrupted, match="stopped during epoch 2/3") as e:
+        train(make_cfg(tmp_path, "train.epochs=3", *QUICK), run_dir=tmp_path / "a")
+    assert e.value.exit_code == 143 and load_checkpoint(last)["epoch"] == 1
+    assert f"{last} holds the state after epoch 1, so the resume starts at epoch 2; resume with: " in str(e.value)
+    assert str(e.value).endswith("train.resume=true")
+    # a new run (no resume) stopped in its first epoch: the _last.pt there is the earlier run's, not to continue
+    _signal_at_epoch(monkeypatch, 1)
+    with pytest.raises(Interrupted, match="stopped during epoch 1/3; no epoch was completed") as e:
+        train(make_cfg(tmp_path, "train.epochs=3", *QUICK), run_dir=tmp_path / "b")
+    assert f"nothing was saved ({last} is the state of another run" in str(e.value)
+    assert "start again with: " in str(e.value) and str(e.value).endswith("train.resume=false")
+    last.unlink()
+    _signal_at_epoch(monkeypatch, 1)
+    with pytest.raises(Interrupted, match="no epoch was completed, so nothing was saved and the resume starts at "
+                                          "epoch 1; resume with: .*train.resume=true$"):
+        train(make_cfg(tmp_path, "train.epochs=3", *QUICK), run_dir=tmp_path / "c")
