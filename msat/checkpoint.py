@@ -74,6 +74,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         ckpt = torch.load(p, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated file, not a torch file, or unsafe pickled objects
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        if "weights_only" in first or "Weights only load failed" in first:   # torch's advice does not apply here
+            first = "not a file of tensors that torch.load can read safely"
         raise UserError(f"{p} is not a readable checkpoint ({type(e).__name__}: {first[:200]}); give a .pt file "
                         "written by train_ann.py or torch.save(model.state_dict())") from None
     state = ckpt.get("model") if isinstance(ckpt, Mapping) and isinstance(ckpt.get("model"), Mapping) else ckpt

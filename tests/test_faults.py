@@ -111,10 +111,14 @@ def test_bad_checkpoints_and_states(base, tmp_path):
     ck = torch.load(base["ck"] / "digits_digits_cnn.pt", weights_only=True)
     ck["model"]["features.0.weight"][0, 0, 0, 0] = float("nan")
     torch.save(ck, tmp_path / "nan.pt")
+    import datetime
+    torch.save({"when": datetime.date(2026, 1, 1)}, tmp_path / "pickle.pt")    # refused by weights_only loading
     for ckpt, message in ((tmp_path, "is a directory"), (text, "is not a readable checkpoint"),
+                          (tmp_path / "pickle.pt", "is not a readable checkpoint"),
                           (tmp_path / "list.pt", "holds no model weights"),
                           (tmp_path / "nan.pt", "features.0.weight hold NaN or inf")):
-        assert message in one_line(run("convert_eval.py", *eval_args(base, f"ckpt={ckpt}")))
+        line = one_line(run("convert_eval.py", *eval_args(base, f"ckpt={ckpt}")))
+        assert message in line and "weights_only" not in line, line
     state_dir = tmp_path / "st"
     state_dir.mkdir()
     (state_dir / "eval_state.pt").write_bytes(b"\x80\x02truncated")
