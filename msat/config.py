@@ -206,15 +206,15 @@ class SCConfig:
         self.p = parse_sc_p(self.p, where=f"{_w(where)}.p")
 
 
+POOL_CHOICES = ("lipool", "gate", "avg")
+
+
 @dataclass
 class PoolConfig:
     """Max pooling under spikes (SPEC 1.4)."""
 
     name: str = param("lipool", "lipool: lateral inhibition; gate: the most active input; avg: average pooling "
-                   "(an ANN trained with it)", ("lipool", "gate", "avg"))
-
-
-POOL_CHOICES = ("lipool", "gate", "avg")
+                   "(an ANN trained with it)", POOL_CHOICES)
 
 
 def parse_sc_p(p: Any, layers: Optional[Sequence[str]] = None, where: str = "sc.p") -> Any:

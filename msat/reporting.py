@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import functools
 import io
-import json
 import os
 import re
 from pathlib import Path
@@ -246,10 +245,3 @@ def plot_firing_rate(layers: Sequence[Mapping], path: str | os.PathLike, title: 
     return save_figure(fig, path)
 
 
-# ----------------------------------------------------------------------------- runs
-
-def load_runs(sweep_dir: str | os.PathLike) -> list[dict]:
-    """The ``metrics.json`` of every job under a multirun directory, ordered by job number."""
-    root = Path(sweep_dir)
-    paths = sorted(root.glob("*/metrics.json"), key=lambda p: (len(p.parent.name), p.parent.name))
-    return [json.loads(p.read_text()) for p in paths]

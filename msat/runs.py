@@ -45,6 +45,31 @@ def run_id() -> str:
     return f"{stamp}_{secrets.token_hex(3)}"
 
 
+def _holder(fd: int) -> str:
+    """The run that holds the lock file ``fd`` (as its holder wrote it): pid, host, start, command."""
+    try:
+        other = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+    except (ValueError, OSError):
+        other = {}
+    return (f"pid {other.get('pid', '?')} on {other.get('host', '?')}, started {other.get('started', '?')}: "
+            f"{other.get('command', '?')}")
+
+
+def _sign(lock: Any, path: Path) -> None:
+    """Write this run (pid, host, start, command) into the held lock file ``lock.fd`` at ``path``; on failure
+    release the lock, and a full disk is one :class:`DiskFullError`."""
+    text = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                       "started": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv)}).encode()
+    try:
+        os.ftruncate(lock.fd, 0)
+        os.pwrite(lock.fd, text, 0)
+    except OSError as e:
+        lock.__exit__()
+        if e.errno == errno.ENOSPC:
+            raise DiskFullError(path, len(text), "nothing was written") from None
+        raise
+
+
 class RunLock:
     """Exclusive lock on ``run_dir`` (``fcntl.flock`` on ``run_dir/.lock``), released on exit."""
 
@@ -69,27 +94,12 @@ class RunLock:
             if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 os.close(fd)
                 raise
-            try:
-                other = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
-            except (ValueError, OSError):
-                other = {}
+            who = _holder(fd)
             os.close(fd)
-            who = (f"pid {other.get('pid', '?')} on {other.get('host', '?')}, started {other.get('started', '?')}: "
-                   f"{other.get('command', '?')}")
             raise UserError(f"run directory {self.run_dir} is in use by another run ({who}); wait for it to "
                             "finish or choose another hydra.run.dir") from None
-        info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-                "command": " ".join(sys.argv)}
-        text = json.dumps(info).encode()
         self.fd = fd
-        try:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, text, 0)
-        except OSError as e:
-            self.__exit__()
-            if e.errno == errno.ENOSPC:
-                raise DiskFullError(path, len(text), "nothing was written") from None
-            raise
+        _sign(self, path)
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -217,16 +227,6 @@ __all__ = ["run_id", "RunLock", "Staging", "load_run", "MARKER"]
 # ----------------------------------------------------------------------------- training: a checkpoint lock, a set
 # committed in place (its per-epoch logs are written as it goes: they are its resume state)
 
-def _holder(fd: int) -> str:
-    """The run that holds the lock file ``fd`` (as its holder wrote it): pid, host, start, command."""
-    try:
-        other = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
-    except (ValueError, OSError):
-        other = {}
-    return (f"pid {other.get('pid', '?')} on {other.get('host', '?')}, started {other.get('started', '?')}: "
-            f"{other.get('command', '?')}")
-
-
 class CheckpointLock:
     """Exclusive lock on a checkpoint a training writes (``fcntl.flock`` on ``<path>.lock``), held for the whole
     run: a second training writing the same file is refused in one line naming the checkpoint and the other run.
@@ -268,17 +268,8 @@ class CheckpointLock:
             if current:
                 break
             os.close(fd)                                 # its holder removed this file on exit: lock the new one
-        info = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                           "started": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv)}).encode()
         self.fd = fd
-        try:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, info, 0)
-        except OSError as e:
-            self.__exit__()
-            if e.errno == errno.ENOSPC:
-                raise DiskFullError(self.lock, len(info), "nothing was written") from None
-            raise
+        _sign(self, self.lock)
         return self
 
     def __exit__(self, *exc: Any) -> None:
