@@ -485,14 +485,18 @@ class SpikingNeuron(MemoryModule):
         fv, fvsum, fmask = _flat(v), _flat(self.vsum), _flat(self.mask)
         u = self._buffer("u", v.shape, v) if sc is not None else None
         compile = self.fused_compile
+        steps: dict = {}                                                  # (first, keep) -> the fused step
         for i in range(spikes.shape[0]):
             t = self.t + i
             keep = None
             if sc is not None and t < sc.E:
                 torch.rand(u.shape, generator=sc.generator, dtype=u.dtype, device=u.device, out=u)
                 keep = u.lt_(sc.p)                                        # c ~ Bernoulli(p), as 0/1 values
-            fn = fused_step(self.dynamics, cfg, msat and t == 0, z_in, None if keep is None else sc.filtered,
-                            fmask is not None, keep_spikes, compile)
+            variant = (msat and t == 0, None if keep is None else sc.filtered)
+            fn = steps.get(variant)                                       # one registry lookup per chunk, not step
+            if fn is None:
+                fn = steps[variant] = fused_step(self.dynamics, cfg, variant[0], z_in, variant[1], fmask is not None,
+                                                 keep_spikes, compile)
             fn(None if z_in != "z" else _flat(zs[0] if static else zs[i]), fv, fvsum, _flat(out[i]),
                _flat(spikes[i]) if keep_spikes else None, th, scale, inv_t[i] if msat else th,
                None if keep is None else _flat(keep), fmask)
