@@ -1,11 +1,12 @@
 """Engine benchmark: ``msat.simulate`` against the dense bound, measured side by side in one run.
 
 The dense bound is T x one ANN forward at batch B on the same device and precision (the converted
-graph run as the ANN). Every ratio below is a median of interleaved repeats in one process.
+graph run as the ANN); on CPU it is measured in both memory layouts (NCHW and channels-last) and the
+faster one is the bound. Every ratio below is a median of interleaved repeats in one process.
 
 CPU (default; VGG16 CIFAR shapes, random weights, B=16, T=32, chunk=32, 2 threads):
 
-    python benchmarks/bench_sim.py [--naive] [--skip-memory]
+    python benchmarks/bench_sim.py [--naive] [--fused] [--skip-memory]
 
   runs the speed table twice, each in a fresh process: with plain ``msat.simulate`` (what a library
   user gets: no process-wide setting) and after ``msat.simulation.tune_cpu_allocator()`` (glibc's mmap
@@ -79,22 +80,37 @@ def naive_simulate(snn: msat.SpikingNetwork, x: torch.Tensor, T: int) -> torch.T
         return torch.stack([stepper.run(x) for _ in range(T)])
 
 
+DENSE = ("dense, NCHW (T x ANN forward)", "dense, channels-last (T x ANN forward)")
+
+
 def cpu_speed(args: argparse.Namespace) -> dict:
-    """In this process: the medians of interleaved rounds, in seconds."""
+    """In this process: the medians of interleaved rounds, in seconds.
+
+    The dense bound is measured in both memory layouts, each on a converted network of its own that is never
+    simulated (``simulate`` lays a network out channels-last in place); ratios are taken to the faster one."""
     snn_if, x = build(args.model, "if_max", args.batch, "cpu")
     snn_msat, _ = build(args.model, "msat", args.batch, "cpu")
+    ann_nchw, _ = build(args.model, "if_max", args.batch, "cpu")
+    ann_cl, _ = build(args.model, "if_max", args.batch, "cpu")
+    ann_cl.graph_module.to(memory_format=torch.channels_last)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
     T = args.T
 
-    def dense():
-        with torch.no_grad():
-            for _ in range(T):
-                snn_if.ann_forward(x)
+    def dense(net: msat.SpikingNetwork, inp: torch.Tensor):
+        def run():
+            with torch.no_grad():
+                for _ in range(T):
+                    net.ann_forward(inp)
+        return run
 
-    cases = {"dense bound (T x ANN forward)": dense,
+    cases = {DENSE[0]: dense(ann_nchw, x), DENSE[1]: dense(ann_cl, x_cl),
              "simulate, IF (if_max)": lambda: msat.simulate(snn_if, x, T, chunk=args.chunk),
              "simulate, MSAT (msat)": lambda: msat.simulate(snn_msat, x, T, chunk=args.chunk)}
+    if args.fused:
+        cases["simulate, IF, fused=True"] = lambda: msat.simulate(snn_if, x, T, chunk=args.chunk, fused=True)
+        cases["simulate, MSAT, fused=True"] = lambda: msat.simulate(snn_msat, x, T, chunk=args.chunk, fused=True)
     if args.naive:
-        cases["naive per-step loop (IF)"] = lambda: naive_simulate(snn_if, x, T)
+        cases["naive per-step loop (IF, NCHW)"] = lambda: naive_simulate(ann_nchw, x, T)
     for fn in cases.values():
         fn()                                                        # warm-up
     times: dict[str, list[float]] = {k: [] for k in cases}
@@ -128,9 +144,10 @@ def run_cpu(args: argparse.Namespace) -> None:
           f"rounds={args.rounds} torch={torch.__version__}")
     for alloc, label in (("plain", "plain msat.simulate (no allocator setting)"),
                          ("tuned", "after msat.simulation.tune_cpu_allocator()")):
-        med = _child(args, "--T", str(args.T), "--_speed", alloc, *(["--naive"] if args.naive else []))
-        base = med["dense bound (T x ANN forward)"]
-        print(f" {label}:")
+        flags = (["--naive"] if args.naive else []) + (["--fused"] if args.fused and alloc == "plain" else [])
+        med = _child(args, "--T", str(args.T), "--_speed", alloc, *flags)
+        base = min(med[k] for k in DENSE)
+        print(f" {label} (x dense: to the faster dense layout):")
         for k, v in med.items():
             print(f"  {k:32s} {v:8.3f} s   {v / base:6.3f} x dense   {args.batch * args.T / v:10.1f} image-steps/s")
     if args.skip_memory:
@@ -238,6 +255,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3, help="CUDA: repeats of each timed run")
     p.add_argument("--images", type=int, default=10000, help="CUDA: images per timed run")
     p.add_argument("--naive", action="store_true", help="CPU: add the naive per-step loop")
+    p.add_argument("--fused", action="store_true",
+                   help="CPU: add simulate(fused=True) (compiled neuron steps; the compile is in the warm-up)")
     p.add_argument("--skip-memory", action="store_true")
     p.add_argument("--_speed", choices=("plain", "tuned"), help=argparse.SUPPRESS)
     p.add_argument("--_memory", action="store_true", help=argparse.SUPPRESS)

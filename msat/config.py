@@ -334,7 +334,7 @@ class SimConfig:
                            "membrane state in fp32)", ("fp32", "tf32", "bf16"))
     fused: Optional[bool] = param(None, "one compiled kernel per neuron layer and step (null: on CUDA only)")
     cuda_graphs: Optional[bool] = param(None, "replay full chunks as CUDA graphs (null: on CUDA)")
-    channels_last: Optional[bool] = param(None, "NHWC activations (null: on CUDA)")
+    channels_last: Optional[bool] = param(None, "NHWC activations for 4-D inputs (null: on)")
     chunk_bytes: Optional[int] = param(None, "cap a chunk so no folded activation exceeds this many bytes "
                                        "(null: 16 MiB on CPU, none on CUDA; 0: no cap)")
     tune_malloc: bool = param(False, "CPU: also raise glibc's mmap threshold process-wide "

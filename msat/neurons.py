@@ -372,23 +372,35 @@ class SpikingNeuron(MemoryModule):
         mask = alive.to(th.dtype)
         return inner, mask, mask
 
+    @staticmethod
+    def _layout(like: Tensor, ndim: int) -> torch.memory_format:
+        """The memory format of a ``ndim``-D buffer laid out like ``like``: channels-last for a 4-D
+        channels-last ``like`` (that is not also contiguous), else contiguous."""
+        cl = like.dim() == 4 and ndim == 4 and not like.is_contiguous() and \
+            like.is_contiguous(memory_format=torch.channels_last)
+        return torch.channels_last if cl else torch.contiguous_format
+
     def _buffer(self, key: str, shape: tuple, like: Tensor, dtype: Optional[torch.dtype] = None) -> Tensor:
         """A buffer of this layer kept across chunks and batches (the engine reuses its own buffers:
         no allocation per chunk, and fixed addresses for CUDA graphs); its content is undefined."""
         dtype = dtype or like.dtype
+        fmt = self._layout(like, len(shape))
         buf = self._bufs.get(key)
-        if buf is None or buf.shape != torch.Size(shape) or buf.dtype != dtype or buf.device != like.device:
-            if like.dim() == 4 and len(shape) == 4 and not like.is_contiguous() and \
-                    like.is_contiguous(memory_format=torch.channels_last):
-                buf = torch.empty(shape, dtype=dtype, device=like.device, memory_format=torch.channels_last)
-            else:
-                buf = torch.empty(shape, dtype=dtype, device=like.device)
+        if buf is None or buf.shape != torch.Size(shape) or buf.dtype != dtype or buf.device != like.device \
+                or not buf.is_contiguous(memory_format=fmt):
+            buf = torch.empty(shape, dtype=dtype, device=like.device, memory_format=fmt)
             self._bufs[key] = buf
         return buf
 
     def _chunk_buffer(self, key: str, steps: int, batch: int, like: Tensor) -> Tensor:
-        """A reused (steps, B, ...) buffer laid out like ``like`` (B, ...) at every step."""
-        return self._buffer(key, (steps * batch, *like.shape[1:]), like).view(steps, batch, *like.shape[1:])
+        """A reused (steps, B, ...) buffer laid out like ``like`` (B, ...) at every step; it only grows (a
+        shorter last chunk takes the first rows of the buffer instead of allocating one of its own)."""
+        n, feat = steps * batch, like.shape[1:]
+        buf = self._bufs.get(key)
+        if buf is None or buf.shape[0] < n or buf.shape[1:] != feat or buf.dtype != like.dtype or \
+                buf.device != like.device or not buf.is_contiguous(memory_format=self._layout(like, like.dim())):
+            buf = self._buffer(key, (n, *feat), like)
+        return buf[:n].view(steps, batch, *feat)
 
     def state_dtype(self, z: Tensor) -> torch.dtype:
         """Membrane state is kept in the wider of the input's and the scale's dtype (fp32 under bf16)."""
@@ -512,32 +524,32 @@ class SpikingNeuron(MemoryModule):
         c_d = cfg.tau_mp * cfg.alpha
         beta = 1.0 / cfg.k_i
         cap = _exp_cap(zs.dtype)
-        d, th, e = (self._buffer(k, self.v.shape, self.v) for k in ("d", "th", "e"))
+        d, x, th = (self._buffer(k, self.v.shape, self.v) for k in ("d", "x", "th"))
         plain = isinstance(theta_in, float) and theta_in == 1.0
-
-        def det(i: int) -> Tensor:
-            """DET(t) = tau_rd * exp(-z(t)/C) (+ tau_mp * V_T when DTT is on), into ``e``."""
-            torch.mul(zs[i], -1.0 / cfg.C, out=e).clamp_max_(cap).exp_()
+        es = None
+        if cfg.use_det:
+            # DET(t) = tau_rd * exp(-z(t)/C) (+ tau_mp * V_T when DTT is on) depends on the input only: for the
+            # whole chunk at once (static input: the same current every step, once), element by element as the
+            # per-step form, in a few large operations instead of a few per step (a transient buffer: kept per layer
+            # it would hold one more chunk of activations for every layer at once)
+            zin = zs[:1] if static else zs
+            es = torch.empty_like(zin, dtype=self.v.dtype)                  # in the state's precision
+            torch.mul(zin, -1.0 / cfg.C, out=es).clamp_max_(cap).exp_()
             if cfg.tau_rd != 1.0:
-                e.mul_(cfg.tau_rd)
+                es.mul_(cfg.tau_rd)
             if cfg.use_dtt:
-                e.add_(c3)
-            return e
-
-        if static and cfg.use_det:
-            det(0)                                  # the same input every step: once per chunk
+                es.add_(c3)
 
         def thresh(i: int, t: int) -> Scalar:
             if t == 0:
                 return theta_in
-            if cfg.use_det and not static:
-                det(i)
+            e = None if es is None else es[0] if static else es[i]
             if cfg.use_dtt:
                 if inv_t is None:
                     torch.add(self.v, self.vsum, alpha=-1.0 / t, out=d)   # d = V(t-1) - Vbar(t-1)
                 else:
                     torch.sub(self.v, torch.mul(self.vsum, inv_t[i], out=d), out=d)
-                x = F.softplus(d, beta=beta)
+                torch.ops.aten.softplus.out(d, beta, 20.0, out=x)          # F.softplus(d, beta), into a reused buffer
                 if c_sp != 1.0:
                     x.mul_(c_sp)
                 x.add_(d, alpha=c_d)

@@ -123,12 +123,24 @@ def test_chunk_cap_bounds_the_chunk_and_changes_nothing():
 
 
 def test_engine_reuses_its_buffers_across_batches():
+    """State and chunk buffers keep their storage across chunks and batches, a shorter last chunk included
+    (chunks of 4, 4, 2: a chunk buffer only grows); they follow the activations' layout (channels-last, the
+    default for 4-D inputs, or NCHW)."""
     snn, x = _snn("msat")
-    msat.simulate(snn, x, 8)
+    obs = _Chunks()                                                 # observed: spikes go to a chunk buffer
+    msat.simulate(snn, x, 10, chunk=4, observers=(obs,), chunk_bytes=0)
+    layers = len(snn.neuron_layers())
+    assert obs.sizes == [4] * layers + [4] * layers + [2] * layers
     n = snn.neuron_layers()[0][1]
-    ptr = n._bufs["v"].data_ptr()
-    msat.simulate(snn, x.flip(0), 8)
-    assert n._bufs["v"].data_ptr() == ptr and n.v is None           # reset, but the buffer stays
+    ptrs = {k: b.data_ptr() for k, b in n._bufs.items()}
+    assert {"v", "vsum", "spikes"} <= set(ptrs)
+    assert n._bufs["spikes"].shape[0] == 4 * x.shape[0]
+    assert n._bufs["v"].is_contiguous(memory_format=torch.channels_last) and not n._bufs["v"].is_contiguous()
+    msat.simulate(snn, x.flip(0), 10, chunk=4, observers=(obs,), chunk_bytes=0)
+    assert {k: b.data_ptr() for k, b in n._bufs.items()} == ptrs and n.v is None   # reset, but the buffers stay
+    nchw, _ = _snn("msat")
+    msat.simulate(nchw, x, 10, chunk=4, channels_last=False)
+    assert nchw.neuron_layers()[0][1]._bufs["v"].is_contiguous()
 
 
 def test_fused_engine_path_equals_the_eager_path():
