@@ -524,26 +524,26 @@ class SpikingNeuron(MemoryModule):
         c_d = cfg.tau_mp * cfg.alpha
         beta = 1.0 / cfg.k_i
         cap = _exp_cap(zs.dtype)
-        d, x, th = (self._buffer(k, self.v.shape, self.v) for k in ("d", "x", "th"))
+        d, x, th, e = (self._buffer(k, self.v.shape, self.v) for k in ("d", "x", "th", "e"))
         plain = isinstance(theta_in, float) and theta_in == 1.0
-        es = None
-        if cfg.use_det:
-            # DET(t) = tau_rd * exp(-z(t)/C) (+ tau_mp * V_T when DTT is on) depends on the input only: for the
-            # whole chunk at once (static input: the same current every step, once), element by element as the
-            # per-step form, in a few large operations instead of a few per step (a transient buffer: kept per layer
-            # it would hold one more chunk of activations for every layer at once)
-            zin = zs[:1] if static else zs
-            es = torch.empty_like(zin, dtype=self.v.dtype)                  # in the state's precision
-            torch.mul(zin, -1.0 / cfg.C, out=es).clamp_max_(cap).exp_()
+
+        def det(i: int) -> Tensor:
+            """DET(t) = tau_rd * exp(-z(t)/C) (+ tau_mp * V_T when DTT is on), into ``e``."""
+            torch.mul(zs[i], -1.0 / cfg.C, out=e).clamp_max_(cap).exp_()
             if cfg.tau_rd != 1.0:
-                es.mul_(cfg.tau_rd)
+                e.mul_(cfg.tau_rd)
             if cfg.use_dtt:
-                es.add_(c3)
+                e.add_(c3)
+            return e
+
+        if static and cfg.use_det:
+            det(0)                                  # the same input every step: once per chunk
 
         def thresh(i: int, t: int) -> Scalar:
             if t == 0:
                 return theta_in
-            e = None if es is None else es[0] if static else es[i]
+            if cfg.use_det and not static:
+                det(i)
             if cfg.use_dtt:
                 if inv_t is None:
                     torch.add(self.v, self.vsum, alpha=-1.0 / t, out=d)   # d = V(t-1) - Vbar(t-1)
