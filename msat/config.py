@@ -337,8 +337,8 @@ class SimConfig:
     channels_last: Optional[bool] = param(None, "NHWC activations for 4-D inputs (null: on)")
     chunk_bytes: Optional[int] = param(None, "cap a chunk so no folded activation exceeds this many bytes "
                                        "(null: 16 MiB on CPU, none on CUDA; 0: no cap)")
-    tune_malloc: bool = param(False, "CPU: also raise glibc's mmap threshold process-wide "
-                           "(msat.simulation.tune_cpu_allocator); not needed with the chunk cap")
+    tune_malloc: bool = param(True, "CPU: also raise glibc's mmap threshold in this process "
+                           "(msat.simulation.tune_cpu_allocator; measured faster for MSAT, see README Speed)")
     checkpoint_every: int = param(50, "write eval_state[.rankN].pt every this many batches (0: never)")
     stop_after_batches: Optional[int] = param(None, "test hook: stop (like a kill) after this many batches")
 

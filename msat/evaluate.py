@@ -244,7 +244,7 @@ def prepare(ecfg: EvalConfig, conv: ConversionConfig, resolved: dict, run_dir: P
     if device.type == "cpu" and ecfg.sim.tune_malloc:
         from .simulation import tune_cpu_allocator
 
-        tune_cpu_allocator()          # opt-in: the engine's chunk cap already keeps buffers in the heap
+        tune_cpu_allocator()          # the command line owns its process (a library caller opts in)
     ckpt_path = Path(ecfg.ckpt) if ecfg.ckpt else default_ckpt_path(resolved)
     ckpt = load_checkpoint(ckpt_path, dataset=ecfg.dataset["name"], model=ecfg.model.name)
     bundle = build_data(ecfg.dataset, artifacts=ckpt.get("artifacts") or None, calib_transform=conv.calib.transform)

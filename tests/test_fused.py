@@ -143,6 +143,20 @@ def test_engine_reuses_its_buffers_across_batches():
     assert nchw.neuron_layers()[0][1]._bufs["v"].is_contiguous()
 
 
+def test_channels_last_equals_nchw_up_to_rounding():
+    """The default channels-last layout (4-D inputs) gives NCHW's outputs up to the convolutions' rounding and
+    the same predictions; the network is laid out once, in place."""
+    for method in ("if_max", "msat"):
+        nchw, x = _snn(method)
+        cl, _ = _snn(method)
+        a = msat.simulate(nchw, x, 32, channels_last=False)
+        b = msat.simulate(cl, x, 32)
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
+        assert torch.equal(a.sum(0).argmax(-1), b.sum(0).argmax(-1))
+        assert all(p.is_contiguous(memory_format=torch.channels_last) for p in cl.parameters() if p.dim() == 4)
+        assert all(p.is_contiguous() for p in nchw.parameters() if p.dim() == 4)
+
+
 def test_fused_engine_path_equals_the_eager_path():
     """simulate(fused=True) runs every fixed/MSAT layer through the fused step (uncompiled here, compiled on
     CUDA): outputs and spike counts equal the eager loop, SC included."""
