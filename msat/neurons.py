@@ -380,27 +380,26 @@ class SpikingNeuron(MemoryModule):
             like.is_contiguous(memory_format=torch.channels_last)
         return torch.channels_last if cl else torch.contiguous_format
 
-    def _buffer(self, key: str, shape: tuple, like: Tensor, dtype: Optional[torch.dtype] = None) -> Tensor:
+    def _buffer(self, key: str, shape: tuple, like: Tensor, dtype: Optional[torch.dtype] = None,
+                grow: bool = False) -> Tensor:
         """A buffer of this layer kept across chunks and batches (the engine reuses its own buffers:
-        no allocation per chunk, and fixed addresses for CUDA graphs); its content is undefined."""
+        no allocation per chunk, and fixed addresses for CUDA graphs), laid out like ``like``; its content is
+        undefined. ``grow``: a buffer with at least ``shape[0]`` rows is reused (its first rows are returned)."""
         dtype = dtype or like.dtype
         fmt = self._layout(like, len(shape))
         buf = self._bufs.get(key)
-        if buf is None or buf.shape != torch.Size(shape) or buf.dtype != dtype or buf.device != like.device \
-                or not buf.is_contiguous(memory_format=fmt):
+        rows_fit = buf is not None and (buf.shape[0] >= shape[0] if grow else buf.shape[0] == shape[0])
+        if not rows_fit or buf.shape[1:] != torch.Size(shape[1:]) or buf.dtype != dtype \
+                or buf.device != like.device or not buf.is_contiguous(memory_format=fmt):
             buf = torch.empty(shape, dtype=dtype, device=like.device, memory_format=fmt)
             self._bufs[key] = buf
-        return buf
+        return buf[:shape[0]] if grow else buf
 
     def _chunk_buffer(self, key: str, steps: int, batch: int, like: Tensor) -> Tensor:
         """A reused (steps, B, ...) buffer laid out like ``like`` (B, ...) at every step; it only grows (a
         shorter last chunk takes the first rows of the buffer instead of allocating one of its own)."""
-        n, feat = steps * batch, like.shape[1:]
-        buf = self._bufs.get(key)
-        if buf is None or buf.shape[0] < n or buf.shape[1:] != feat or buf.dtype != like.dtype or \
-                buf.device != like.device or not buf.is_contiguous(memory_format=self._layout(like, like.dim())):
-            buf = self._buffer(key, (n, *feat), like)
-        return buf[:n].view(steps, batch, *feat)
+        feat = like.shape[1:]
+        return self._buffer(key, (steps * batch, *feat), like, grow=True).view(steps, batch, *feat)
 
     def state_dtype(self, z: Tensor) -> torch.dtype:
         """Membrane state is kept in the wider of the input's and the scale's dtype (fp32 under bf16)."""
