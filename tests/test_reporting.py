@@ -83,5 +83,5 @@ def test_bundled_reference_equals_shared_reference():
     for name, src in sources.items():
         assert (rp.BUNDLED_REFERENCE / name).read_bytes() == src.read_bytes(), name
     anchors = rp.load_anchors()
-    assert {a["method"] for a in anchors} == {"qcfs", "srp", "snn_calib_light", "snn_calib_advanced"}
+    assert {a["method"] for a in anchors} == {"qcfs", "srp", "snn_calib_light", "snn_calib_advanced", "cos"}
     assert {"method", "source", "dataset", "model", "T", "snn_acc", "note"} <= set(anchors[0])
