@@ -395,6 +395,8 @@ class ModelConfig:
     name: str = param("digits_cnn", "registered model name (msat.list_models()), or the label of a "
                    "torchvision / custom model in checkpoint names and tables")
     kwargs: Dict[str, Any] = param({}, "keyword arguments of the model's constructor")
+    width: Optional[int] = param(None, "channels of the first stage (resnet20: 16, vgg16: 64 as in the paper); "
+                                 "null: the model's default; same as kwargs.width")
     act: str = param("relu", "activation trained in the ANN: relu, or qcfs (Bu et al. 2022; max pools "
                   "become average pools)", ("relu", "qcfs"))
     act_L: int = param(4, "qcfs: quantization levels L")
@@ -403,7 +405,7 @@ class ModelConfig:
     _target_: Optional[str] = param(None, "custom: import path of your nn.Module class or factory (pkg.module.Net)")
 
     def check(self, where: str = "model") -> None:
-        _at_least(_w(where), 1, act_L=self.act_L)
+        _at_least(_w(where), 1, act_L=self.act_L, width=self.width)
         if self.arch is not None and self._target_ is not None:
             raise ConfigError(f"{_w(where)}: set arch (torchvision) or _target_ (custom), not both")
         if self.arch is None and self._target_ is None:

@@ -10,21 +10,24 @@ from ..utils import UnknownNameError, to_plain
 from . import schemas as S
 from .base import DataBundle, DatasetError, DatasetUnavailableError, build_loader
 from .digits import build_digits
+from .fashion import build_fashion_mnist
 from .imdb import build_imdb
 from .speech import build_speech_commands
-from .synthetic import (build_synthetic_cifar, build_synthetic_digits, build_synthetic_imagenet,
+from .synthetic import (build_synthetic_cifar, build_synthetic_digits, build_synthetic_fashion, build_synthetic_imagenet,
                         build_synthetic_imdb, build_synthetic_speech)
 from .vision import Cutout, build_cifar, build_imagenet
 
 # name -> (builder, the schema of its config node)
 _BUILDERS: dict[str, tuple[Callable[..., DataBundle], type]] = {
     "digits": (build_digits, S.DigitsConfig),
+    "fashion_mnist": (build_fashion_mnist, S.FashionMNISTConfig),
     "cifar10": (build_cifar, S.CifarConfig),
     "cifar100": (build_cifar, S.CifarConfig),
     "imagenet": (build_imagenet, S.ImageNetConfig),
     "imdb": (build_imdb, S.IMDBConfig),
     "speech_commands": (build_speech_commands, S.SpeechConfig),
     "synthetic_digits": (build_synthetic_digits, S.SyntheticImagesConfig),
+    "synthetic_fashion_mnist": (build_synthetic_fashion, S.SyntheticFashionConfig),
     "synthetic_cifar": (build_synthetic_cifar, S.SyntheticImagesConfig),
     "synthetic_cifar100": (build_synthetic_cifar, S.SyntheticImagesConfig),
     "synthetic_imagenet": (build_synthetic_imagenet, S.SyntheticImagesConfig),

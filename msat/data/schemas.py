@@ -43,6 +43,34 @@ class CifarConfig(DatasetConfig):
 
 
 @dataclass
+class FashionMNISTConfig(DatasetConfig):
+    debian_dir: Optional[str] = param("/usr/share/datasets/fashion-mnist", "Debian's dataset-fashion-mnist files "
+                                      "(.gz), decompressed into root/FashionMNIST/raw/ when that is empty; null: never")
+    verify: bool = param(True, "check each decompressed file's sha256 against the recorded one")
+    pad_to: Optional[int] = param(None, "zero-pad the 28x28 images to this side (32: CIFAR architectures unchanged)")
+    augment: bool = param(True, "random crop + horizontal flip in the training transform")
+    crop_padding: int = param(2, "random crop: zero padding on each side before the crop")
+    flip: bool = param(True, "random horizontal flip in the training transform")
+
+    def check(self, where: str = "dataset") -> None:
+        super().check(where)
+        if self.pad_to is not None and self.pad_to < 28:
+            raise ConfigError(f"{where}.pad_to must be >= 28 (the image side) or null, got {self.pad_to}")
+        if self.crop_padding < 0:
+            raise ConfigError(f"{where}.crop_padding must be >= 0, got {self.crop_padding}")
+
+
+@dataclass
+class SyntheticFashionConfig(DatasetConfig):
+    n_train: int = param(512, "training images")
+    n_test: int = param(256, "test images")
+    noise: float = param(1.0, "Gaussian noise added to the class pattern")
+    pattern_size: int = param(4, "side of the low-resolution class pattern before upsampling")
+    seed: int = param(0, "seed of the patterns and the noise")
+    pad_to: Optional[int] = param(None, "image side (as fashion_mnist's pad_to; null: 28)")
+
+
+@dataclass
 class ImageNetConfig(DatasetConfig):
     image_size: int = param(224, "crop size")
     resize: int = param(256, "test-time resize before the center crop")
@@ -94,5 +122,5 @@ class SyntheticSpeechConfig(DatasetConfig):
     seed: int = param(0, "seed")
 
 
-__all__ = ["DatasetConfig", "DigitsConfig", "CifarConfig", "ImageNetConfig", "IMDBConfig", "SpeechConfig",
+__all__ = ["DatasetConfig", "DigitsConfig", "CifarConfig", "FashionMNISTConfig", "SyntheticFashionConfig", "ImageNetConfig", "IMDBConfig", "SpeechConfig",
            "SyntheticImagesConfig", "SyntheticIMDBConfig", "SyntheticSpeechConfig"]

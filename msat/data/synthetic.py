@@ -25,7 +25,7 @@ def _labels(n: int, num_classes: int, g: torch.Generator) -> torch.Tensor:
     return torch.arange(n, dtype=torch.int64).remainder(num_classes)[torch.randperm(n, generator=g)]
 
 
-def _images(cfg, size: int, channels: int = 3) -> DataBundle:
+def _images(cfg, size: int, channels: int = 3, model_kwargs: dict | None = None) -> DataBundle:
     c, k = int(cfg["num_classes"]), int(cfg["pattern_size"])
     g = _generator(cfg)
     # one low-resolution pattern per class, upsampled so that crops and pooling keep the signal
@@ -41,12 +41,17 @@ def _images(cfg, size: int, channels: int = 3) -> DataBundle:
 
     train = split(int(cfg["n_train"]), 1)
     return DataBundle(name=cfg["name"], train=train, test=split(int(cfg["n_test"]), 2), calib=train,
-                      num_classes=c, input_shape=(channels, size, size))
+                      num_classes=c, input_shape=(channels, size, size), model_kwargs=dict(model_kwargs or {}))
 
 
 def build_synthetic_digits(cfg) -> DataBundle:
     """(1, 8, 8) images (the shape of scikit-learn's digits), class pattern + Gaussian noise."""
     return _images(cfg, 8, channels=1)
+
+
+def build_synthetic_fashion(cfg) -> DataBundle:
+    """(1, 28, 28) images (or ``pad_to`` square), class pattern + noise: fashion_mnist's shape for smoke runs."""
+    return _images(cfg, int(cfg["pad_to"] or 28), channels=1, model_kwargs={"in_channels": 1})
 
 
 def build_synthetic_cifar(cfg) -> DataBundle:

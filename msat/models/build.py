@@ -33,6 +33,10 @@ def model_spec(model_cfg: Any, data_kwargs: Optional[Mapping] = None) -> dict:
     """The validated, plain description of the model to build (kwargs merged: data, then config)."""
     mc = from_mapping(ModelConfig, model_cfg, "model")
     kwargs = {**dict(data_kwargs or {}), **dict(mc.kwargs)}
+    if mc.width is not None:
+        if kwargs.get("width", mc.width) != mc.width:
+            raise UserError(f"model.width={mc.width} and model.kwargs.width={kwargs['width']} differ: set one")
+        kwargs["width"] = mc.width
     return {"name": mc.name, "kwargs": kwargs, "act": mc.act, "act_L": mc.act_L, "arch": mc.arch,
             "weights": mc.weights, "_target_": mc._target_}
 
