@@ -11,7 +11,7 @@ export HF_DATASETS_OFFLINE ?= 1
 .DEFAULT_GOAL := help
 .PHONY: help install test test-full demo clean sweep-grid sweep-optuna reproduce-all \
 	reproduce-table3 reproduce-table4 reproduce-table5 reproduce-table6 reproduce-table7 reproduce-table8 \
-	reproduce-fig2 reproduce-fig5 reproduce-fig6 reproduce-fig7 compare-methods
+	reproduce-fig2 reproduce-fig5 reproduce-fig6 reproduce-fig7 compare-methods reproduce-claims
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | sort | \
@@ -63,6 +63,10 @@ reproduce-all: $(STAMP) ## Every reproduce target in turn
 
 compare-methods: $(STAMP) ## Every conversion method on one ANN: results/methods.md + .png (DATASET=, MODEL=, SMOKE=1)
 	$(BIN)/python -m experiments.compare_methods --dataset $(DATASET) --model $(MODEL) \
+	  $(if $(filter 1,$(SMOKE)),--smoke) $(if $(CKPT_DIR),--ckpt-dir $(CKPT_DIR))
+
+reproduce-claims: $(STAMP) ## The paper's claims tested on real data: results/claims_<dataset>.md (DATASET=fashion_mnist MODEL=resnet20, SMOKE=1)
+	$(BIN)/python -m experiments.claims --dataset $(DATASET) --model $(MODEL) \
 	  $(if $(filter 1,$(SMOKE)),--smoke) $(if $(CKPT_DIR),--ckpt-dir $(CKPT_DIR))
 
 # Sweeps (values in conf/sweep/*.yaml): DATASET=, MODEL=, LAUNCHER=local|slurm, ARGS= extra overrides.

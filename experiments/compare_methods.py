@@ -26,39 +26,93 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import numpy as np
+import torch
+import yaml
+
 from experiments.reproduce import REPO, python_exe, run_cmd, show_path
 from msat import reporting as rp
-from msat.evaluate import steps_to_lossless
+from msat.checkpoint import last_ckpt_path
+from msat.evaluate import file_sha256, steps_to_lossless
+from msat.measure import unpack_outcomes
 from msat.methods import get_method, list_methods
 from msat.runs import load_run
+from msat.stats import mcnemar, mean_sd, wilson_interval
 from msat.utils import UserError, atomic_write_text
 
 T_GRID = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 SMOKE_T_GRID = (1, 2, 4, 8, 16)
 ENERGY_T = 64
 TOL = 0.005                                   # "ANN - 0.5 pp"
-SMOKE_DATASETS = {"digits": "synthetic_digits", "cifar10": "synthetic_cifar", "cifar100": "synthetic_cifar100",
+SMOKE_DATASETS = {"digits": "synthetic_digits", "fashion_mnist": "synthetic_fashion_mnist", "cifar10": "synthetic_cifar", "cifar100": "synthetic_cifar100",
                   "imagenet": "synthetic_imagenet", "imdb": "synthetic_imdb", "speech_commands": "synthetic_speech"}
 SMOKE_SIZES = ("dataset.n_train=128", "dataset.n_test=64")
 
 
 @dataclass(frozen=True)
+class Profile:
+    """How one (dataset, model) is compared: ``conf/compare/<dataset>_<model>.yaml``, else the digits defaults.
+
+    ``tag`` names the checkpoints (``<dataset>_<model>_<tag>[_qcfs]_s<seed>.pt``; empty: the plain
+    ``<dataset>_<model>[_qcfs].pt`` of train_ann.py), ``overrides`` go to training and every conversion
+    (model width, input padding), ``seeds`` are the ReLU ANN's training seeds (the QCFS twin takes the first),
+    ``seed_methods`` the methods whose rows also run on the other seeds."""
+
+    tag: str = ""
+    overrides: tuple[str, ...] = ()
+    train_overrides: tuple[str, ...] = ()
+    seeds: tuple[int, ...] = (0,)
+    seed_methods: tuple[str, ...] = ()
+    t_grid: tuple[int, ...] = T_GRID
+    paired_T: tuple[int, ...] = ()
+    sim_batch_size: int | None = None
+
+    @property
+    def named(self) -> bool:
+        return bool(self.tag)
+
+
+def load_profile(dataset: str, model: str) -> Profile:
+    """The profile of (dataset, model); unknown keys and an unsorted T grid are refused."""
+    path = REPO / "conf" / "compare" / f"{dataset}_{model}.yaml"
+    if not path.is_file():
+        return Profile()
+    raw = yaml.safe_load(path.read_text()) or {}
+    known = set(Profile.__dataclass_fields__)
+    if set(raw) - known:
+        raise UserError(f"{path}: unknown keys {sorted(set(raw) - known)}; valid: {sorted(known)}")
+    prof = Profile(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+    if list(prof.t_grid) != sorted(set(prof.t_grid)) or not prof.seeds or any(t not in prof.t_grid for t in prof.paired_T):
+        raise UserError(f"{path}: t_grid must be increasing, seeds non-empty, paired_T inside t_grid")
+    return prof
+
+
+@dataclass(frozen=True)
 class Row:
-    """One job of the comparison: a method, its overrides (dotted keys) and the ANN it converts."""
+    """One job of the comparison: a method, its overrides (dotted keys), the ANN it converts and its seed."""
 
     method: str
     overrides: tuple[tuple[str, Any], ...]
     ann: str
+    seed: int = 0
 
     @property
     def key(self) -> str:
         parts = [self.method, self.ann] + [f"{k.split('.')[-1]}{v}" for k, v in self.overrides]
+        parts += [f"s{self.seed}"] if self.seed else []
         return "_".join(str(p).replace(".", "p") for p in parts)
 
+    @property
+    def variant(self) -> tuple:
+        """What the row runs, its ANN's seed aside (rows of one variant form its across-seed statistics)."""
+        return self.method, self.overrides, self.ann
 
-def rows(T: int) -> list[Row]:
-    """Every registered method's comparison rows (``Method.variants``); rows calibrated for a T beyond the
-    simulated one are left out (smoke runs)."""
+
+def rows(T: int, profile: Profile | None = None) -> list[Row]:
+    """Every registered method's comparison rows (``Method.variants``) on the first seed, then the rows of
+    ``profile.seed_methods`` on the other seeds; rows calibrated for a T beyond the simulated one are left
+    out (smoke runs)."""
+    profile = profile or Profile()
     out = []
     for name in list_methods():
         cls = get_method(name)
@@ -67,8 +121,10 @@ def rows(T: int) -> list[Row]:
             ann = v.pop("ann", cls.ann[0])
             if v.get("method.calib_T", 0) > T:
                 continue
-            out.append(Row(name, tuple(sorted(v.items())), ann))
-    return out
+            out.append(Row(name, tuple(sorted(v.items())), ann, profile.seeds[0]))
+    extra = [Row(r.method, r.overrides, r.ann, s) for s in profile.seeds[1:] for r in out
+             if r.method in profile.seed_methods and r.ann == "relu"]
+    return out + extra
 
 
 def row_config(row: Row, ckpt: Path) -> str:
@@ -88,21 +144,41 @@ def row_config(row: Row, ckpt: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def ckpt_path(ckpt_dir: Path, dataset: str, model: str, ann: str) -> Path:
-    return ckpt_dir / (f"{dataset}_{model}.pt" if ann == "relu" else f"{dataset}_{model}_{ann}.pt")
+def ckpt_path(ckpt_dir: Path, dataset: str, model: str, ann: str, profile: Profile | None = None,
+              seed: int = 0) -> Path:
+    """The checkpoint of one ANN (``Profile`` for the naming)."""
+    qcfs = "" if ann == "relu" else f"_{ann}"
+    if profile is None or not profile.named:
+        return ckpt_dir / f"{dataset}_{model}{qcfs}.pt"
+    return ckpt_dir / f"{dataset}_{model}_{profile.tag}{qcfs}_s{seed}.pt"
 
 
-def train_anns(anns: Sequence[str], ckpt_dir: Path, dataset: str, model: str, work: Path, smoke: bool) -> None:
-    """Train each needed ANN that is absent (one train_ann.py run each)."""
-    for ann in anns:
-        path = ckpt_path(ckpt_dir, dataset, model, ann)
-        if path.is_file():
+def training_done(path: Path) -> bool:
+    """The checkpoint exists and no unfinished training of it is waiting (its ``_last.pt`` reached the
+    configured epochs, or there is none: a checkpoint given by the user)."""
+    last = last_ckpt_path(path)
+    if not path.is_file():
+        return False
+    if not last.is_file():
+        return True
+    state = torch.load(last, map_location="cpu", weights_only=True)
+    return int(state["epoch"]) >= int(state["config"]["train"]["epochs"])
+
+
+def train_anns(needed: Sequence[tuple[str, int]], ckpt_dir: Path, dataset: str, model: str, work: Path, smoke: bool,
+               profile: Profile) -> None:
+    """Train (or resume) each needed (ANN, seed) whose training is not complete (one train_ann.py run each)."""
+    for ann, seed in needed:
+        path = ckpt_path(ckpt_dir, dataset, model, ann, profile, seed)
+        if training_done(path):
             continue
         cmd = [python_exe(), "train_ann.py", f"dataset={dataset}", f"model={model}", f"model.act={ann}",
-               f"train.ckpt_path={path}", f"hydra.run.dir={work / 'train' / ann}", "logger=none"]
+               f"seed={seed}", f"hydra.run.dir={work / 'train' / path.stem}", "logger=none", "train.resume=true",
+               *profile.overrides, *(() if smoke else profile.train_overrides)]
         if smoke:
-            cmd += ["train=smoke", f"train.ckpt_path={path}", *SMOKE_SIZES]
-        run_cmd(cmd, f"training the {ann} ANN ({dataset} / {model})")
+            cmd += ["train=smoke", *SMOKE_SIZES]
+        cmd.append(f"train.ckpt_path={path}")
+        run_cmd(cmd, f"training the {ann} ANN, seed {seed} ({dataset} / {model})")
 
 
 # ----------------------------------------------------------------------------- the table
@@ -132,18 +208,83 @@ def cost_cell(run: Mapping) -> str:
     return f"{c['calib_seconds']:.2f} s, {c['forwards']} fwd{extra}"
 
 
+def acc_cell(run: Mapping, t: int) -> str:
+    """Accuracy after t steps (%) and its 95 % Wilson interval over the test images."""
+    c = run["counts"]
+    k, n = c["correct"][t - 1], c["total"]
+    lo, hi = wilson_interval(k, n)
+    return f"{100 * k / n:.2f} ({100 * lo:.1f}-{100 * hi:.1f})"
+
+
+def seed_of(run: Mapping) -> int | None:
+    """The training seed of the run's ANN (recorded from its checkpoint; None for a foreign checkpoint)."""
+    return (run.get("train_run") or {}).get("seed")
+
+
 def table(runs: Sequence[Mapping], steps: Sequence[int]) -> str:
-    """The measured comparison table (one row per run, in job order)."""
+    """The measured comparison table (one row per run, in job order); accuracy cells with 95 % intervals."""
     e_t = str(ENERGY_T) if str(ENERGY_T) in runs[0]["energy_at"] else str(steps[-1])
-    head = ["method", "ANN", "needs retraining", "calibration cost", *[f"T={t}" for t in steps],
+    head = ["method", "ANN (seed)", "needs retraining", "calibration cost", *[f"T={t}" for t in steps],
             "steps to ANN-0.5pp", "steps to lossless", f"energy ratio T={e_t}", f"firing rate T={e_t}"]
     body = []
     for r in runs:
         retrain = "yes" if r["model_spec"]["act"] != "relu" else "no"
-        body.append([r["method"]["label"], ann_cell(r), retrain, cost_cell(r), *[_pct(r["acc"][t - 1]) for t in steps],
-                     steps_cell(r, TOL), steps_cell(r, 0.0), rp.fmt(r["energy_at"][e_t]["ratio"], 3),
-                     rp.fmt(r["energy_at"][e_t]["mean_firing_rate"], 4)])
+        body.append([r["method"]["label"], f"{ann_cell(r)} ({seed_of(r)})", retrain, cost_cell(r),
+                     *[acc_cell(r, t) for t in steps], steps_cell(r, TOL), steps_cell(r, 0.0),
+                     rp.fmt(r["energy_at"][e_t]["ratio"], 3), rp.fmt(r["energy_at"][e_t]["mean_firing_rate"], 4)])
     return rp.markdown_table(head, body)
+
+
+def outcomes(run: Mapping, t: int) -> np.ndarray:
+    """The run's per-image outcomes after t steps, checked against its counts (a record that does not add
+    up to the accuracy it claims is refused)."""
+    rec = run["per_image"]
+    bits = unpack_outcomes(rec["correct"][str(t)], rec["n"])
+    if rec["n"] != run["counts"]["total"] or int(bits.sum()) != run["counts"]["correct"][t - 1]:
+        raise RuntimeError(f"run {run['name']}: its per-image outcomes at t={t} do not add up to its accuracy")
+    return bits
+
+
+def seeds_table(runs: Sequence[Mapping], jobs: Sequence[Row], steps: Sequence[int]) -> str:
+    """Rows run on several ANN seeds: mean +- sd across seeds of the ANN's and the SNN's accuracy."""
+    groups: dict[tuple, list[Mapping]] = {}
+    for r, job in zip(runs, jobs):
+        groups.setdefault(job.variant, []).append(r)
+    body = []
+    for group in (g for g in groups.values() if len(g) > 1):
+        cell = lambda vals: "%.2f +- %.2f" % tuple(100 * v for v in mean_sd(vals))
+        body.append([group[0]["method"]["label"], ann_cell(group[0]), ", ".join(str(seed_of(r)) for r in group),
+                     cell([r["ann_acc"] for r in group]), *[cell([r["acc"][t - 1] for r in group]) for t in steps]])
+    if not body:
+        return ""
+    return ("## Across ANN seeds\n\nMean +- sample sd over independently trained ANNs (the spread a new training "
+            "run brings, which the per-image intervals above do not contain).\n\n"
+            + rp.markdown_table(["method", "ANN", "seeds", "ANN acc", *[f"T={t}" for t in steps]], body) + "\n")
+
+
+def paired_table(runs: Sequence[Mapping], jobs: Sequence[Row], paired_T: Sequence[int]) -> str:
+    """McNemar's exact test of each first-seed row against if_max and against msat (same images, same T)."""
+    first = [(r, j) for r, j in zip(runs, jobs) if j.seed == jobs[0].seed]
+    refs = {name: next((r for r, j in first if j.method == name and j.ann == "relu" and not j.overrides), None)
+            for name in ("if_max", "msat")}
+    if not paired_T or any(v is None for v in refs.values()):
+        return ""
+    head = ["method", "ANN", *[f"vs {n} T={t}" for n in refs for t in paired_T]]
+    body = []
+    for r, _ in first:
+        cells = []
+        for ref in refs.values():
+            for t in paired_T:
+                if r is ref:
+                    cells.append("-")
+                    continue
+                m = mcnemar(outcomes(r, t), outcomes(ref, t))
+                cells.append(f"{100 * (r['acc'][t - 1] - ref['acc'][t - 1]):+.2f} (p={m['p']:.2g})")
+        body.append([r["method"]["label"], ann_cell(r), *cells])
+    return ("## Paired tests\n\nAccuracy difference (pp) of each row against max-norm IF and against MSAT at the "
+            "same T, on the same test images, with the two-sided p-value of McNemar's exact test (only the images "
+            "one gets right and the other wrong count). Rows on the QCFS ANN are compared with the ReLU ANN's "
+            "reference: the difference includes the ANN's.\n\n" + rp.markdown_table(head, body) + "\n")
 
 
 def anchors_table(dataset: str, model: str) -> str:
@@ -166,62 +307,125 @@ def plot(runs: Sequence[Mapping], path: Path, title: str) -> None:
     rp.plot_curves(series, path, title=title, hlines=anns, legend_outside=True)
 
 
-def aggregate(runs: Sequence[Mapping], dataset: str, model: str, steps: Sequence[int], figure: Path,
-              smoke: bool) -> str:
-    plot(runs, figure, f"{model} on {dataset}: accuracy vs T, every method")
+def aggregate(runs: Sequence[Mapping], jobs: Sequence[Row], dataset: str, model: str, steps: Sequence[int],
+              figure: Path, smoke: bool, profile: Profile) -> str:
+    first = [r for r, j in zip(runs, jobs) if j.seed == jobs[0].seed]
+    plot(first, figure, f"{model} on {dataset}: accuracy vs T, every method")
     total = runs[0]["counts"]["total"]
     head = f"# Conversion methods on one ANN: {model} / {dataset}\n\n"
     if smoke:
         head += ("**Smoke run**: synthetic data, 1 training epoch; it checks the pipeline, the numbers mean "
                  "nothing.\n\n")
-    return (head + f"Every registered method on the same trained ANN (the QCFS rows on the QCFS-trained twin), "
-            f"the same {total} test images and one simulation to T={steps[-1]} (accuracy after t steps for every "
-            "t). Each method runs with its own defaults; nothing is tuned per method. Calibration cost: wall "
-            "seconds and forwards (ANN passes + SNN steps on the calibration batch). SRP: steps count T, "
-            "the latency tau + T is in parentheses. SNN Calibration is calibrated for one T (in its label), "
-            "its curve at other T is shown as measured.\n\n" + table(runs, steps)
-            + f"\n![accuracy vs T]({figure.name})\n\n## Published anchors\n\n" + anchors_table(dataset, model))
+    spec = first[0]["model_spec"]
+    seconds = sum(r["timing"]["total_seconds"] for r in runs)
+    return (head + f"Every registered method on the same trained ANN (`{spec['name']}`, constructor arguments "
+            f"{spec['kwargs']}; the QCFS rows on its QCFS-trained twin), the same {total} test images and one "
+            f"simulation to T={steps[-1]} (accuracy after t steps for every t). The ANN's training seed is in "
+            "parentheses. Each method runs with its own defaults; nothing is tuned per method. Accuracy cells: "
+            "% (95 % Wilson interval over the test images). Calibration cost: wall seconds and forwards (ANN "
+            "passes + SNN steps on the calibration batch). SRP: steps count T, the latency tau + T is in "
+            "parentheses. SNN Calibration is calibrated for one T (in its label), its curve at other T is shown "
+            "as measured.\n\n" + table(first, steps)
+            + f"\n![accuracy vs T]({figure.name})\n\n" + seeds_table(runs, jobs, steps)
+            + paired_table(runs, jobs, [t for t in profile.paired_T if t in steps])
+            + f"\nConversions: {len(runs)} runs, {seconds / 60:.1f} min of calibration and simulation in all "
+            "(the runs' own wall times, this machine).\n\n## Published anchors\n\n" + anchors_table(dataset, model))
 
 
 # ----------------------------------------------------------------------------- the driver
+
+def results_name(dataset: str, model: str, profile: Profile) -> str:
+    """``methods`` for the digits default, ``methods_<dataset>_<model>`` for a profiled comparison."""
+    return f"methods_{dataset}_{model}" if profile.named else "methods"
+
+
+def check_runs(runs: Sequence[Mapping], jobs: Sequence[Row], ckpts: Sequence[Path], runs_dir: Path) -> None:
+    """Every run is the one of its row: the method and ANN it ran, and the checkpoint content (sha256) its row
+    names, so a table can never read another seed's or another checkpoint's run."""
+    digests = {p: file_sha256(p) for p in set(ckpts)}
+    for i, (r, job, ck) in enumerate(zip(runs, jobs, ckpts)):
+        if r["method"]["name"] != job.method or r["model_spec"]["act"] != job.ann:
+            raise RuntimeError(f"{runs_dir / str(i)}: a job ran {r['method']['name']} on the {r['model_spec']['act']} "
+                               f"ANN, its row is {job.method} on the {job.ann} ANN")
+        if r.get("ckpt_sha256") != digests[ck]:
+            raise RuntimeError(f"{runs_dir / str(i)}: its result comes from another checkpoint than {ck} (sha256 "
+                               "differs): rerun it")
+
+
+@dataclass(frozen=True)
+class Context:
+    """Where one comparison lives: its profile, directories, (smoke) dataset, T grid and jobs."""
+
+    dataset: str
+    model: str
+    smoke: bool
+    profile: Profile
+    results: Path
+    work: Path
+    ckpt: Path
+    data: str
+    steps: tuple[int, ...]
+    jobs: tuple[Row, ...]
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.work / "runs"
+
+    def ckpts(self) -> list[Path]:
+        return [ckpt_path(self.ckpt, self.data, self.model, j.ann, self.profile, j.seed) for j in self.jobs]
+
+
+def context(dataset: str = "digits", model: str = "digits_cnn", smoke: bool = False,
+            results_dir: str | Path | None = None, work_dir: str | Path | None = None,
+            ckpt_dir: str | Path | None = None) -> Context:
+    profile = load_profile(dataset, model)
+    base = REPO / "outputs" / ("smoke" if smoke else "")
+    results = Path(results_dir) if results_dir else (base / "results" if smoke else REPO / "results")
+    work = (Path(work_dir) if work_dir else base / "compare_methods") / f"{dataset}_{model}"
+    ckpt = Path(ckpt_dir or os.environ.get("CKPT_DIR") or (base / "checkpoints" if smoke else REPO / "checkpoints"))
+    steps = tuple(SMOKE_T_GRID if smoke else profile.t_grid)
+    return Context(dataset, model, smoke, profile, results.resolve(), work.resolve(), ckpt.resolve(),
+                   SMOKE_DATASETS.get(dataset, dataset) if smoke else dataset, steps,
+                   tuple(rows(steps[-1], profile)))
+
+
+def load_comparison(ctx: Context) -> tuple[list[dict], list[Row]]:
+    """The committed, verified run of every job (in job order)."""
+    missing = [i for i in range(len(ctx.jobs)) if not (ctx.runs_dir / str(i) / "metrics.json").is_file()]
+    if missing:
+        raise RuntimeError(f"compare-methods: jobs {missing} of {ctx.runs_dir} wrote no metrics.json (see their logs)")
+    runs = [load_run(ctx.runs_dir / str(i)) for i in range(len(ctx.jobs))]
+    check_runs(runs, ctx.jobs, ctx.ckpts(), ctx.runs_dir)
+    return runs, list(ctx.jobs)
+
 
 def compare(dataset: str = "digits", model: str = "digits_cnn", smoke: bool = False,
             results_dir: str | Path | None = None, work_dir: str | Path | None = None,
             ckpt_dir: str | Path | None = None, extra: Sequence[str] = ()) -> Path:
     """Train what is missing, run every method's rows as one multirun, aggregate; returns the markdown path."""
-    base = REPO / "outputs" / ("smoke" if smoke else "")
-    results = Path(results_dir) if results_dir else (base / "results" if smoke else REPO / "results")
-    work = (Path(work_dir) if work_dir else base / "compare_methods") / f"{dataset}_{model}"
-    ckpt = Path(ckpt_dir or os.environ.get("CKPT_DIR") or (base / "checkpoints" if smoke else REPO / "checkpoints"))
-    ckpt, work, results = ckpt.resolve(), work.resolve(), results.resolve()
-    data = SMOKE_DATASETS.get(dataset, dataset) if smoke else dataset
-    steps = SMOKE_T_GRID if smoke else T_GRID
-    T = steps[-1]
-    jobs = rows(T)
-    train_anns(sorted({r.ann for r in jobs}, key=("relu", "qcfs").index), ckpt, data, model, work, smoke)
-    conf = work / "conf"
-    for r in jobs:
-        atomic_write_text(conf / "row" / f"{r.key}.yaml", row_config(r, ckpt_path(ckpt, data, model, r.ann)))
-    runs_dir = work / "runs"
+    ctx = context(dataset, model, smoke, results_dir, work_dir, ckpt_dir)
+    profile, jobs, steps = ctx.profile, ctx.jobs, ctx.steps
+    needed = sorted({(j.ann, j.seed) for j in jobs}, key=lambda p: (("relu", "qcfs").index(p[0]), p[1]))
+    train_anns(needed, ctx.ckpt, ctx.data, model, ctx.work, smoke, profile)
+    conf = ctx.work / "conf"
+    for r, ck in zip(jobs, ctx.ckpts()):
+        atomic_write_text(conf / "row" / f"{r.key}.yaml", row_config(r, ck))
     cmd = [python_exe(), "convert_eval.py", "-m", f"+row={','.join(r.key for r in jobs)}",
-           f"hydra.searchpath=[file://{conf}]", f"dataset={data}", f"model={model}", f"T={T}",
+           f"hydra.searchpath=[file://{conf}]", f"dataset={ctx.data}", f"model={model}", f"T={steps[-1]}",
            f"report_T=[{','.join(map(str, steps))}]", f"lossless_tol={TOL}", "logger=none", "sim.progress=false",
-           f"paths.ckpt_dir={ckpt}", f"hydra.sweep.dir={runs_dir}", "skip_done=true", "resume=true"]
+           f"paths.ckpt_dir={ctx.ckpt}", f"hydra.sweep.dir={ctx.runs_dir}", "skip_done=true", "resume=true",
+           *profile.overrides]
+    if profile.sim_batch_size and not smoke:
+        cmd.append(f"sim.batch_size={profile.sim_batch_size}")
     if smoke:
         cmd += ["sim=smoke", *SMOKE_SIZES]
     run_cmd(cmd + list(extra), f"compare-methods conversions ({len(jobs)} jobs)")
-    missing = [i for i in range(len(jobs)) if not (runs_dir / str(i) / "metrics.json").is_file()]
-    if missing:
-        raise RuntimeError(f"compare-methods: jobs {missing} of {runs_dir} wrote no metrics.json (see their logs)")
-    runs = [load_run(runs_dir / str(i)) for i in range(len(jobs))]
-    for r, job in zip(runs, jobs):                  # the run is the one of its row (what ran, not its name)
-        if r["method"]["name"] != job.method or r["model_spec"]["act"] != job.ann:
-            raise RuntimeError(f"{runs_dir}: a job ran {r['method']['name']} on the {r['model_spec']['act']} ANN, "
-                               f"its row is {job.method} on the {job.ann} ANN")
-    results.mkdir(parents=True, exist_ok=True)
-    md = aggregate(runs, dataset, model, steps, results / "methods.png", smoke)
-    md += f"\nRuns: `{show_path(runs_dir)}` ({len(jobs)} jobs); checkpoints: `{show_path(ckpt)}`.\n"
-    out = results / "methods.md"
+    runs, _ = load_comparison(ctx)
+    ctx.results.mkdir(parents=True, exist_ok=True)
+    name = results_name(dataset, model, profile)
+    md = aggregate(runs, jobs, dataset, model, steps, ctx.results / f"{name}.png", smoke, profile)
+    md += f"\nRuns: `{show_path(ctx.runs_dir)}` ({len(jobs)} jobs); checkpoints: `{show_path(ctx.ckpt)}`.\n"
+    out = ctx.results / f"{name}.md"
     atomic_write_text(out, md)
     print(md, flush=True)
     print(f"wrote {out}", flush=True)

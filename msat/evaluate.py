@@ -216,6 +216,8 @@ class Prepared:
     spec: dict                           # what the model was built from (msat.models.build)
     snn: Any
     calib: list                          # the calibration batches, on device
+    ckpt_sha256: str = ""                # of the checkpoint file read: ties the result to its weights
+    train_run: dict = dataclasses.field(default_factory=dict)   # the training run: dir, seed, epoch, its test acc
 
 
 def calibration_batches(calib: Any, bundle: Any, seed: int) -> list[torch.Tensor]:
@@ -247,6 +249,8 @@ def prepare(ecfg: EvalConfig, conv: ConversionConfig, resolved: dict, run_dir: P
         tune_cpu_allocator()          # the command line owns its process (a library caller opts in)
     ckpt_path = Path(ecfg.ckpt) if ecfg.ckpt else default_ckpt_path(resolved)
     ckpt = load_checkpoint(ckpt_path, dataset=ecfg.dataset["name"], model=ecfg.model.name)
+    ckpt_sha = file_sha256(ckpt_path)
+    train_run = {k: ckpt.get(k) for k in ("run_dir", "seed", "epoch", "test_acc")} if "model_spec" in ckpt else {}
     bundle = build_data(ecfg.dataset, artifacts=ckpt.get("artifacts") or None, calib_transform=conv.calib.transform)
     check_shards(len(bundle.test), ecfg.sim.batch_size, env.world_size)
     model, spec = build_model(resolved["model"], bundle.num_classes, bundle.model_kwargs, ckpt)
@@ -255,7 +259,17 @@ def prepare(ecfg: EvalConfig, conv: ConversionConfig, resolved: dict, run_dir: P
     model = model.to(device).eval()
     calib = [x.to(device) for x in calibration_batches(conv.calib, bundle, ecfg.seed)]
     snn = msat.convert(model, calib, conv).to(device).eval()
-    return Prepared(ecfg, conv, resolved, run_dir, env, device, ckpt_path, bundle, model, spec, snn, calib)
+    return Prepared(ecfg, conv, resolved, run_dir, env, device, ckpt_path, bundle, model, spec, snn, calib,
+                    ckpt_sha, train_run)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes, read in blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 # ----------------------------------------------------------------------------- stage: simulate
@@ -282,7 +296,8 @@ def simulate_split(prep: Prepared, signals: StopSignals | None = None) -> Counts
 
     cfg, sim, env, device = prep.cfg, prep.cfg.sim, prep.env, prep.device
     rank, world = env.rank, env.world_size
-    stats, accs = SpikeStats(), AccuracyCurve()
+    stats = SpikeStats()
+    accs = AccuracyCurve(record_steps=report_steps(cfg.T, cfg.report_T), n_images=len(prep.bundle.test))
     ann_counts = torch.zeros(2, dtype=torch.int64, device=device)   # correct, total (device: NCCL reduces)
     every, stop = sim.checkpoint_every, sim.stop_after_batches
     fingerprint = {"config": config_fingerprint(prep.resolved, world), "weights": weights_fingerprint(prep.model)}
@@ -317,10 +332,12 @@ def simulate_split(prep: Prepared, signals: StopSignals | None = None) -> Counts
     with torch.no_grad():
         for i, (b, (x, y)) in enumerate(zip(batch_ids, loader), start=1):
             x, y = x.to(device), y.to(device)
-            ann_counts[0] += (prep.model(x).argmax(-1) == y).sum()
+            ann_hit = prep.model(x).argmax(-1) == y
+            ann_counts[0] += ann_hit.sum()
             ann_counts[1] += y.shape[0]
             gen.manual_seed(cfg.seed * 1_000_003 + b)            # per batch: identical under sharding
-            accs.set_labels(y)
+            accs.set_labels(y, torch.arange(b * sim.batch_size, b * sim.batch_size + y.shape[0]))
+            accs.record_ann(ann_hit)
             msat.simulate(prep.snn, x, cfg.T, chunk=sim.chunk, generator=gen, observers=(stats, accs),
                           return_output=False, fused=sim.fused, precision=sim.precision,
                           cuda_graphs=sim.cuda_graphs, channels_last=sim.channels_last, chunk_bytes=sim.chunk_bytes)
@@ -404,6 +421,7 @@ def summarize(prep: Prepared, counts: Counts, t_start: float) -> dict:
         "steps_to_lossless": steps_to_lossless(correct, ann_correct, total, cfg.lossless_tol),
         "lossless_tol": cfg.lossless_tol,
         "counts": {"ann_correct": ann_correct, "correct": correct, "total": total},
+        "per_image": counts.accs.per_image(),
         "stats_t": t_stat,
         "layers": layers,
         "sin_curve": {n: curves[n]["sin_ratio"] for n in names},
@@ -412,6 +430,8 @@ def summarize(prep: Prepared, counts: Counts, t_start: float) -> dict:
         "energy_at": energy_at,
         "config": prep.resolved,
         "ckpt": str(prep.ckpt_path),
+        "ckpt_sha256": prep.ckpt_sha256,
+        "train_run": prep.train_run,
         "model_spec": prep.spec,
         "timing": {"seconds": counts.sim_seconds, "total_seconds": time.perf_counter() - t_start, "images": total,
                    "steps": T, "image_steps_per_s": (total - counts.resumed_images) * T / max(counts.sim_seconds, 1e-9),
@@ -466,13 +486,20 @@ def default_run_dir(cfg: EvalConfig) -> Path:
     return Path(cfg.paths.output_dir) / "convert_eval" / cfg.name / run_id()
 
 
-def reusable(run_dir: Path, resolved: Mapping) -> dict | None:
-    """``skip_done``: the committed result in ``run_dir`` if it was computed from the same config."""
-    if not (run_dir / "metrics.json").is_file():
+def reusable(run_dir: Path, resolved: Mapping, ckpt_path: Path) -> dict | None:
+    """``skip_done``: the committed result in ``run_dir`` if it was computed from the same config and the
+    same checkpoint content (sha256; a retrained checkpoint at the same path is not the same ANN)."""
+    if not (run_dir / "metrics.json").is_file() or not ckpt_path.is_file():
         return None
-    done = load_run(run_dir)
+    try:
+        done = load_run(run_dir)
+    except UserError as e:            # unsigned, altered or incomplete: computed again, never published
+        log.warning("skip_done: the result in %s cannot be verified (%s); computing it again", run_dir, e)
+        return None
     # the numbers do not depend on result-neutral keys, nor on the number of processes
-    return done if config_fingerprint(done.get("config") or {}, 1) == config_fingerprint(resolved, 1) else None
+    if config_fingerprint(done.get("config") or {}, 1) != config_fingerprint(resolved, 1):
+        return None
+    return done if done.get("ckpt_sha256") == file_sha256(ckpt_path) else None
 
 
 def run(cfg: Any, run_dir: str | os.PathLike | None = None) -> dict:
@@ -488,7 +515,8 @@ def run(cfg: Any, run_dir: str | os.PathLike | None = None) -> dict:
     ecfg, conv = check_config(cfg)
     resolved = dict(to_plain(cfg))
     run_dir = Path(run_dir) if run_dir is not None else (hydra_run_dir() or default_run_dir(ecfg))
-    if ecfg.skip_done and (done := reusable(run_dir, resolved)) is not None:
+    ckpt_path = Path(ecfg.ckpt) if ecfg.ckpt else default_ckpt_path(resolved)
+    if ecfg.skip_done and (done := reusable(run_dir, resolved, ckpt_path)) is not None:
         log.info("skip_done: %s already holds this run's metrics.json", run_dir)
         return done
     env, device = setup_distributed(ecfg.device)

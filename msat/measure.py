@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any, Iterable, Mapping, Sequence
 
+import numpy as np
 import torch
 import torch.fx as fx
 import torch.nn as nn
@@ -214,16 +215,29 @@ class AccuracyCurve(Observer):
     after ``set_labels(y)`` for each batch. Counts are summed, so the curve is sample-weighted.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, record_steps: Sequence[int] = (), n_images: int = 0) -> None:
         self.correct: torch.Tensor | None = None    # (T,) int64
         self.total: torch.Tensor | None = None      # () int64
         self._labels: torch.Tensor | None = None
+        self._index: torch.Tensor | None = None     # (B,) the batch's image ids (per-image records)
         self._carry: torch.Tensor | None = None     # (B, classes) sum of outputs so far
         self._seen = 0
+        # per-image outcomes after each of ``record_steps`` (the input of paired tests): (S, N) uint8
+        self.record_steps = sorted(set(int(t) for t in record_steps))
+        self.images = torch.zeros(len(self.record_steps), n_images, dtype=torch.uint8)
+        self.ann_images = torch.zeros(n_images, dtype=torch.uint8)
 
-    def set_labels(self, y: torch.Tensor) -> None:
-        """Labels (B,) of the next batch given to the observer methods."""
-        self._labels = y
+    def set_labels(self, y: torch.Tensor, index: torch.Tensor | None = None) -> None:
+        """Labels (B,) of the next batch given to the observer methods; ``index`` (B,): the images' ids in
+        the split, where per-image outcomes are recorded (``record_steps``)."""
+        if self.record_steps and index is None:
+            raise ValueError("AccuracyCurve records per-image outcomes: set_labels(y, index) needs the image ids")
+        self._labels, self._index = y, None if index is None else index.cpu()
+
+    def record_ann(self, hit: torch.Tensor) -> None:
+        """The ANN's per-image outcome (B,) bool for the batch of the last ``set_labels``."""
+        if self.record_steps:
+            self.ann_images[self._index] = hit.cpu().to(torch.uint8)
 
     def on_batch_start(self, snn: Any, x: torch.Tensor, T: int) -> None:
         if self._labels is None or self._labels.shape[0] != x.shape[0]:
@@ -246,6 +260,9 @@ class AccuracyCurve(Observer):
         self._carry = cum[-1]
         hit = cum.argmax(-1) == self._labels.to(cum.device)            # (Tc, B)
         self.correct[t0:t0 + hit.shape[0]] += hit.sum(1).to(self.correct.device)
+        for k, t in enumerate(self.record_steps):
+            if t0 < t <= t0 + hit.shape[0]:
+                self.images[k, self._index] = hit[t - 1 - t0].cpu().to(torch.uint8)
         self._seen += hit.shape[0]
 
     def on_batch_end(self) -> None:
@@ -269,16 +286,37 @@ class AccuracyCurve(Observer):
             raise RuntimeError("AccuracyCurve has seen no sample")
         return (self.correct.double() / self.total.double()).cpu().tolist()
 
+    def per_image(self) -> dict:
+        """The recorded per-image outcomes, packed (``unpack_outcomes`` reads them): after each recorded step
+        and of the ANN, one bit per image in split order (1: correct)."""
+        pack = lambda v: np.packbits(v.numpy().astype(bool)).tobytes().hex()
+        return {"n": int(self.images.shape[1]), "steps": list(self.record_steps),
+                "correct": {str(t): pack(self.images[k]) for k, t in enumerate(self.record_steps)},
+                "ann": pack(self.ann_images)}
+
     def state_tensors(self) -> dict[str, torch.Tensor]:
-        return {"correct": self.correct, "total": self.total}
+        return {"correct": self.correct, "total": self.total, "images": self.images, "ann_images": self.ann_images}
 
     def load_state_tensors(self, state: Mapping[str, torch.Tensor]) -> None:
         self.correct, self.total = state["correct"].clone(), state["total"].clone()
+        if "images" in state and state["images"].shape == self.images.shape:
+            self.images, self.ann_images = state["images"].clone(), state["ann_images"].clone()
 
     def all_reduce(self) -> "AccuracyCurve":
-        """Sum the counts across ranks (torch.distributed, if initialized); returns self."""
+        """Sum the counts across ranks (torch.distributed, if initialized); each image belongs to one rank, so
+        the per-image records add up too; returns self."""
         all_reduce_sum([self.correct, self.total])
+        if self.record_steps and torch.distributed.is_available() and torch.distributed.is_initialized():
+            dev = self.correct.device
+            recs = [self.images.to(dev, torch.int32), self.ann_images.to(dev, torch.int32)]
+            all_reduce_sum(recs)
+            self.images, self.ann_images = recs[0].cpu().to(torch.uint8), recs[1].cpu().to(torch.uint8)
         return self
+
+
+def unpack_outcomes(hexbits: str, n: int):
+    """One packed per-image record of ``AccuracyCurve.per_image`` as a (n,) bool numpy array."""
+    return np.unpackbits(np.frombuffer(bytes.fromhex(hexbits), dtype=np.uint8))[:n].astype(bool)
 
 
 def derive_sc_p(snn: Any, x: torch.Tensor, E: int, layers: Sequence[str] | None = None,

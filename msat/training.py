@@ -353,7 +353,8 @@ def _train(rc: TrainRunConfig, config: dict, env: DistEnv, device: torch.device,
     name, ds_name = spec["name"], rc.dataset["name"]
     base = {"config": config, "artifacts": bundle.artifacts, "model_name": name, "model_spec": spec,
             "model_kwargs": spec["kwargs"], "num_classes": bundle.num_classes,
-            "input_shape": tuple(bundle.input_shape), "dataset": ds_name, "versions": versions()}
+            "input_shape": tuple(bundle.input_shape), "dataset": ds_name, "versions": versions(),
+            "run_dir": str(run_dir), "seed": rc.seed}
     if env.is_main:
         (run_dir / SUMMARY).unlink(missing_ok=True)      # until this run commits, the directory holds no result
         write_config(run_dir / "config.yaml", config)
