@@ -245,6 +245,15 @@ def outcomes(run: Mapping, t: int) -> np.ndarray:
     return bits
 
 
+def negative_spikes_note(runs: Sequence[Mapping]) -> str:
+    """The negative spikes each signed-spike row emitted (SpiCalib acts only through them)."""
+    lines = [f"- {r['method']['label']} ({ann_cell(r)}): {r['negative_spikes']} negative spikes over "
+             f"{r['counts']['total']} images x T={len(r['acc'])} ({r['negative_spikes'] / r['counts']['total']:.2f} "
+             "per image)" for r in runs if r["method"]["name"] == "spicalib" or r.get("negative_spikes")]
+    return ("Negative spikes emitted (a SpiCalib row that emits none equals plain IF at every t):\n\n"
+            + "\n".join(lines) + "\n\n") if lines else ""
+
+
 def seeds_table(runs: Sequence[Mapping], jobs: Sequence[Row], steps: Sequence[int]) -> str:
     """Rows run on several ANN seeds: mean +- sd across seeds of the ANN's and the SNN's accuracy."""
     groups: dict[tuple, list[Mapping]] = {}
@@ -326,7 +335,7 @@ def aggregate(runs: Sequence[Mapping], jobs: Sequence[Row], dataset: str, model:
             "passes + SNN steps on the calibration batch). SRP: steps count T, the latency tau + T is in "
             "parentheses. SNN Calibration is calibrated for one T (in its label), its curve at other T is shown "
             "as measured.\n\n" + table(first, steps)
-            + f"\n![accuracy vs T]({figure.name})\n\n" + seeds_table(runs, jobs, steps)
+            + f"\n![accuracy vs T]({figure.name})\n\n" + negative_spikes_note(first) + seeds_table(runs, jobs, steps)
             + paired_table(runs, jobs, [t for t in profile.paired_T if t in steps])
             + f"\nConversions: {len(runs)} runs, {seconds / 60:.1f} min of calibration and simulation in all "
             "(the runs' own wall times, this machine).\n\n## Published anchors\n\n" + anchors_table(dataset, model))
@@ -343,12 +352,13 @@ def check_runs(runs: Sequence[Mapping], jobs: Sequence[Row], ckpts: Sequence[Pat
     """Every run is the one of its row: the method and ANN it ran, and the checkpoint content (sha256) its row
     names, so a table can never read another seed's or another checkpoint's run."""
     digests = {p: file_sha256(p) for p in set(ckpts)}
-    for i, (r, job, ck) in enumerate(zip(runs, jobs, ckpts)):
+    for r, job, ck in zip(runs, jobs, ckpts):
+        where = f"{runs_dir} ({job.key})"
         if r["method"]["name"] != job.method or r["model_spec"]["act"] != job.ann:
-            raise RuntimeError(f"{runs_dir / str(i)}: a job ran {r['method']['name']} on the {r['model_spec']['act']} "
+            raise RuntimeError(f"{where}: a job ran {r['method']['name']} on the {r['model_spec']['act']} "
                                f"ANN, its row is {job.method} on the {job.ann} ANN")
         if r.get("ckpt_sha256") != digests[ck]:
-            raise RuntimeError(f"{runs_dir / str(i)}: its result comes from another checkpoint than {ck} (sha256 "
+            raise RuntimeError(f"{where}: its result comes from another checkpoint than {ck} (sha256 "
                                "differs): rerun it")
 
 
@@ -371,6 +381,11 @@ class Context:
     def runs_dir(self) -> Path:
         return self.work / "runs"
 
+    def run_dir(self, job: Row) -> Path:
+        """A job's directory is named by its row (``name: compare_<key>``): a subset or a reordered job list
+        reuses what ran."""
+        return self.runs_dir / f"compare_{job.key}"
+
     def ckpts(self) -> list[Path]:
         return [ckpt_path(self.ckpt, self.data, self.model, j.ann, self.profile, j.seed) for j in self.jobs]
 
@@ -391,12 +406,32 @@ def context(dataset: str = "digits", model: str = "digits_cnn", smoke: bool = Fa
 
 def load_comparison(ctx: Context) -> tuple[list[dict], list[Row]]:
     """The committed, verified run of every job (in job order)."""
-    missing = [i for i in range(len(ctx.jobs)) if not (ctx.runs_dir / str(i) / "metrics.json").is_file()]
+    missing = [j.key for j in ctx.jobs if not (ctx.run_dir(j) / "metrics.json").is_file()]
     if missing:
         raise RuntimeError(f"compare-methods: jobs {missing} of {ctx.runs_dir} wrote no metrics.json (see their logs)")
-    runs = [load_run(ctx.runs_dir / str(i)) for i in range(len(ctx.jobs))]
+    runs = [load_run(ctx.run_dir(j)) for j in ctx.jobs]
     check_runs(runs, ctx.jobs, ctx.ckpts(), ctx.runs_dir)
     return runs, list(ctx.jobs)
+
+
+def launch(ctx: Context, jobs: Sequence[Row], extra: Sequence[str] = ()) -> None:
+    """One convert_eval multirun over ``jobs`` (each into ``ctx.run_dir(job)``; a committed result of the
+    same config and checkpoint is reused)."""
+    conf = ctx.work / "conf"
+    ckpts = dict(zip(ctx.jobs, ctx.ckpts()))
+    for r in jobs:
+        atomic_write_text(conf / "row" / f"{r.key}.yaml", row_config(r, ckpts[r]))
+    steps = ctx.steps
+    cmd = [python_exe(), "convert_eval.py", "-m", f"+row={','.join(r.key for r in jobs)}",
+           f"hydra.searchpath=[file://{conf}]", f"dataset={ctx.data}", f"model={ctx.model}", f"T={steps[-1]}",
+           f"report_T=[{','.join(map(str, steps))}]", f"lossless_tol={TOL}", "logger=none", "sim.progress=false",
+           f"paths.ckpt_dir={ctx.ckpt}", f"hydra.sweep.dir={ctx.runs_dir}", "hydra.sweep.subdir=${name}",
+           "skip_done=true", "resume=true", *ctx.profile.overrides]
+    if ctx.profile.sim_batch_size and not ctx.smoke:
+        cmd.append(f"sim.batch_size={ctx.profile.sim_batch_size}")
+    if ctx.smoke:
+        cmd += ["sim=smoke", *SMOKE_SIZES]
+    run_cmd(cmd + list(extra), f"compare-methods conversions ({len(jobs)} jobs)")
 
 
 def compare(dataset: str = "digits", model: str = "digits_cnn", smoke: bool = False,
@@ -407,19 +442,7 @@ def compare(dataset: str = "digits", model: str = "digits_cnn", smoke: bool = Fa
     profile, jobs, steps = ctx.profile, ctx.jobs, ctx.steps
     needed = sorted({(j.ann, j.seed) for j in jobs}, key=lambda p: (("relu", "qcfs").index(p[0]), p[1]))
     train_anns(needed, ctx.ckpt, ctx.data, model, ctx.work, smoke, profile)
-    conf = ctx.work / "conf"
-    for r, ck in zip(jobs, ctx.ckpts()):
-        atomic_write_text(conf / "row" / f"{r.key}.yaml", row_config(r, ck))
-    cmd = [python_exe(), "convert_eval.py", "-m", f"+row={','.join(r.key for r in jobs)}",
-           f"hydra.searchpath=[file://{conf}]", f"dataset={ctx.data}", f"model={model}", f"T={steps[-1]}",
-           f"report_T=[{','.join(map(str, steps))}]", f"lossless_tol={TOL}", "logger=none", "sim.progress=false",
-           f"paths.ckpt_dir={ctx.ckpt}", f"hydra.sweep.dir={ctx.runs_dir}", "skip_done=true", "resume=true",
-           *profile.overrides]
-    if profile.sim_batch_size and not smoke:
-        cmd.append(f"sim.batch_size={profile.sim_batch_size}")
-    if smoke:
-        cmd += ["sim=smoke", *SMOKE_SIZES]
-    run_cmd(cmd + list(extra), f"compare-methods conversions ({len(jobs)} jobs)")
+    launch(ctx, jobs, extra)
     runs, _ = load_comparison(ctx)
     ctx.results.mkdir(parents=True, exist_ok=True)
     name = results_name(dataset, model, profile)

@@ -14,7 +14,7 @@ from typing import Any, Mapping
 import torch
 import torch.nn as nn
 
-from .utils import UserError, atomic_torch_save
+from .utils import UserError, atomic_torch_save, file_kind
 
 
 class CheckpointNotFoundError(UserError, FileNotFoundError):
@@ -63,6 +63,12 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if p.is_dir():
         raise UserError(f"checkpoint {p} is a directory; give the .pt file train_ann.py wrote "
                         f"(e.g. {p / 'digits_digits_cnn.pt'})")
+    if p.exists() and not p.is_file():              # never opened: a FIFO would block, a device read forever
+        raise UserError(f"checkpoint {p} is {file_kind(p)}, not a checkpoint file; give the .pt file "
+                        "train_ann.py wrote")
+    if p.is_symlink() and not p.exists():
+        raise UserError(f"checkpoint {p} is a symbolic link to {os.readlink(p)}, which does not exist; give the "
+                        ".pt file train_ann.py wrote")
     if not p.is_file():
         if dataset is None or model is None:
             stem = p.stem.removesuffix("_last")
@@ -70,6 +76,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             if not model:
                 raise CheckpointNotFoundError(f"checkpoint not found: {p}")
         raise CheckpointNotFoundError(missing_checkpoint_message(dataset, model, p))
+    if p.stat().st_size == 0:
+        raise UserError(f"checkpoint {p} is empty (0 bytes; a save that did not finish?); give the .pt file "
+                        "train_ann.py wrote")
     try:
         ckpt = torch.load(p, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated file, not a torch file, or unsafe pickled objects

@@ -5,11 +5,19 @@ unknown group option, a typo'd key, a value of the wrong type: 12-19 lines and e
 become one line naming the bad key with the valid keys or options, exit 2. ``exit_on_user_error``
 does the same for a :class:`msat.utils.UserError` raised by the run, and removes the run directory
 Hydra created for a run that was refused before it wrote anything.
+
+A multirun's sweep directory is locked like a run directory: ``run_cli`` adds the Hydra callback
+:class:`SweepLockCallback` (``hydra.callbacks.msat_sweep_lock``), through which the launching process holds
+:class:`msat.runs.SweepLock` on ``hydra.sweep.dir`` from before the sweeper starts until every job has
+returned; a second multirun into that directory is refused in one ``error:`` line naming the first, exit 2.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import functools
+import io
 import logging
 import os
 import re
@@ -19,7 +27,11 @@ import typing
 from pathlib import Path
 from typing import Any, Callable
 
+from hydra._internal.utils import get_args_parser
+from hydra.experimental.callback import Callback
+
 from .config import field_names
+from .runs import SweepLock
 from .utils import Interrupted, UserError
 
 log = logging.getLogger(__name__)
@@ -90,15 +102,75 @@ def _hydra_errors() -> tuple[type, ...]:
     return HydraException, OmegaConfBaseException
 
 
+SWEEP_LOCK_KEY = "hydra.callbacks.msat_sweep_lock._target_"
+SWEEP_LOCK_OVERRIDE = f"++{SWEEP_LOCK_KEY}=msat.cli.SweepLockCallback"
+
+
+class SweepLockCallback(Callback):
+    """Hydra callback: in a multirun, the launching process holds :class:`msat.runs.SweepLock` on
+    ``hydra.sweep.dir`` from before the sweeper starts (or writes ``multirun.yaml``) until every job has
+    returned, whatever the launcher (basic, joblib, submitit); when another multirun holds it, one ``error:``
+    line and exit 2, before anything is written. Jobs and single runs are untouched."""
+
+    def __init__(self) -> None:
+        self.lock: SweepLock | None = None
+        _drop_sweep_lock_override()                  # sys.argv as typed (resume lines, lock notes name it)
+
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        try:
+            sweep_dir = Path(str(config.hydra.sweep.dir))
+        except Exception as e:  # a sweep dir that cannot resolve yet: the sweeper reports it
+            log.warning("sweep directory not locked (%s)", " ".join(str(e).split())[:200])
+            return
+        try:
+            self.lock = SweepLock(sweep_dir).__enter__()
+        except UserError as e:                       # Hydra turns a callback's exceptions into warnings: exit here
+            print(f"error: {e}", file=sys.stderr)
+            raise SystemExit(2) from None
+
+    def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
+        if self.lock is not None:
+            self.lock.__exit__()
+            self.lock = None
+
+    def __getstate__(self) -> dict:
+        return {"lock": None}                        # a copy sent to a job process holds nothing
+
+
+def _drop_sweep_lock_override() -> None:
+    sys.argv = [a for a in sys.argv if a != SWEEP_LOCK_OVERRIDE]
+
+
+def with_sweep_lock(argv: list[str]) -> list[str]:
+    """``argv`` with :data:`SWEEP_LOCK_OVERRIDE` among its overrides (Hydra's parser needs them contiguous); an
+    argv Hydra cannot parse, or that names the callback itself, is returned unchanged."""
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            overrides = get_args_parser().parse_args(argv[1:]).overrides
+    except SystemExit:
+        return list(argv)
+    if any(o.lstrip("+~").split("=", 1)[0] == SWEEP_LOCK_KEY for o in overrides):
+        return list(argv)
+    if not overrides:
+        return [*argv[:1], SWEEP_LOCK_OVERRIDE, *argv[1:]]
+    last = max(i for i, a in enumerate(argv) if i > 0 and a == overrides[-1])
+    return [*argv[:last + 1], SWEEP_LOCK_OVERRIDE, *argv[last + 1:]]
+
+
 def run_cli(main: Callable[[], Any], schema: type) -> None:
-    """Run the Hydra entry point ``main``; composition errors are one ``error:`` line, exit 2."""
+    """Run the Hydra entry point ``main``; composition errors are one ``error:`` line, exit 2. A multirun locks
+    its sweep directory (:class:`SweepLockCallback`)."""
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")      # let Hydra's errors reach us instead of its report
     logging.raiseExceptions = False                     # a log file on a full disk must not print tracebacks
+    argv = list(sys.argv)
+    sys.argv = with_sweep_lock(argv)
     try:
         main()
     except _hydra_errors() as e:
         print(f"error: {hydra_error_line(e, schema)}", file=sys.stderr)
         raise SystemExit(2) from None
+    finally:
+        sys.argv = argv
 
 
 def _in_multirun() -> bool:
@@ -121,8 +193,6 @@ def remove_if_untouched(run_dir: Path | None, stop_at: Path | None = None) -> No
     """Remove ``run_dir`` when a refused run left nothing in it but Hydra's job log and a lock no run
     holds, and then its parents that became empty, up to ``stop_at`` (the output directory): a
     refused command leaves no empty run directory behind."""
-    import fcntl
-
     if run_dir is None or not run_dir.is_dir():
         return
     entries = list(run_dir.iterdir())
@@ -184,4 +254,5 @@ def exit_on_user_error(fn: Callable) -> Callable:
     return wrapper
 
 
-__all__ = ["run_cli", "exit_on_user_error", "hydra_error_line", "remove_if_untouched"]
+__all__ = ["run_cli", "exit_on_user_error", "hydra_error_line", "remove_if_untouched", "SweepLockCallback",
+           "with_sweep_lock"]

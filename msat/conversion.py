@@ -385,6 +385,68 @@ def _batches(calib: Any, limit: int) -> list[Any]:
     return out
 
 
+def check_calibration(model: nn.Module, calib: Any, limit: int) -> list[Tensor]:
+    """The calibration batches ``convert`` uses (up to ``limit``; an iterator is read once), checked before any
+    stage: each a tensor batch (B, ...) of one dtype and rank, finite, of the model's parameter dtype when
+    floating, and one the model runs on. Each problem is one :class:`ConversionError` sentence."""
+    if isinstance(calib, Tensor):
+        items: Iterable = [calib]
+    elif isinstance(calib, Iterable) and not isinstance(calib, (str, bytes, dict)):
+        items = calib
+    else:
+        raise ConversionError(f"calibration data must be a tensor batch (B, ...) or an iterable of batches or "
+                              f"(x, y) pairs, got {type(calib).__name__}")
+    params = list(model.parameters())
+    floating = next((p.dtype for p in params if p.is_floating_point()), None)
+    out: list[Tensor] = []
+    for i, item in enumerate(items):
+        x = item[0] if isinstance(item, (tuple, list)) and item else item
+        if not isinstance(x, Tensor):
+            hint = " (convert it with torch.from_numpy)" if type(x).__module__ == "numpy" else ""
+            raise ConversionError(f"calibration batch {i} must be a tensor or an (x, y) pair, got "
+                                  f"{type(x).__name__}{hint}")
+        if x.dim() == 0:
+            raise ConversionError(f"calibration batch {i} is a 0-dim tensor, not a batch (B, ...) of samples")
+        if x.shape[0] == 0:
+            continue
+        if out and (x.dim() != out[0].dim() or x.dtype != out[0].dtype):
+            raise ConversionError(f"calibration batch {i} is {x.dtype} of shape {tuple(x.shape)}, but batch 0 is "
+                                  f"{out[0].dtype} of shape {tuple(out[0].shape)}: give batches of one dtype and "
+                                  "rank")
+        if x.dtype == torch.bool or x.is_complex():
+            raise ConversionError(f"calibration batch {i} is {x.dtype}; give the model's input (floating point, or "
+                                  "integer token ids)")
+        if x.is_floating_point() and floating is not None and x.dtype != floating:
+            raise ConversionError(f"calibration batch {i} is {x.dtype}, but the model's parameters are {floating}: "
+                                  f"convert it with x.to({floating})")
+        if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+            raise ConversionError(f"calibration batch {i} holds NaN or inf values: the thresholds would be "
+                                  "calibrated on them")
+        out.append(x)
+        if len(out) == limit:                      # an iterator is not read beyond the batches used
+            break
+    if not out:
+        raise ConversionError("the calibration set is empty: give at least one non-empty batch")
+    probe = out[0][:2].to(params[0].device) if params else out[0][:2]
+    training = {m: m.training for m in model.modules()}
+    try:                                           # the model in eval mode, no gradients: nothing of it changes
+        model.eval()
+        with torch.no_grad():
+            model(probe)
+    except TypeError:                              # a forward of other arguments: the trace stage names them
+        pass
+    except (RuntimeError, ValueError, IndexError, NotImplementedError) as e:
+        detail = " ".join(str(e).split())
+        detail = detail if len(detail) <= 200 else detail[:200] + "..."
+        raise ConversionError(f"the model cannot run on the calibration data (batch 0: {out[0].dtype}, shape "
+                              f"{tuple(out[0].shape)}; a batch (B, ...) of the model's input is expected): "
+                              f"{type(e).__name__}: {detail}") from None
+    finally:
+        for m, mode in training.items():
+            m.training = mode
+    return out
+
+
 def _quantile_of_positives(pos: Tensor, n_total: int, p: float) -> Tensor:
     """The p-quantile (linear interpolation, as torch.quantile) of a vector made of ``pos``
     (the positive values) and ``n_total - len(pos)`` zeros."""
@@ -639,6 +701,7 @@ def convert(model: nn.Module, calib: Any, cfg: Any = None) -> SpikingNetwork:
     method = get_method(ccfg.method.name)(ccfg)
     if not isinstance(model, nn.Module):
         raise ConversionError(f"convert expects an nn.Module, got {type(model).__name__}")
+    calib = check_calibration(model, calib, ccfg.calib.batches)
     ann = activation_of(model)
     if ann not in method.ann:
         need = " or ".join(f"a {a.upper() if a == 'qcfs' else 'ReLU'} ANN" for a in method.ann)
@@ -657,6 +720,11 @@ def convert(model: nn.Module, calib: Any, cfg: Any = None) -> SpikingNetwork:
     with torch.no_grad():
         reference = gm(batches[0])          # original model on the first batch, before any change
     fold_bn(gm)
+    if ann == "qcfs":
+        # QCFS's floor is discontinuous: folding BN moves pre-activations by float rounding and flips the
+        # few that sit on a quantization step, so the replacement is checked against the folded graph
+        with torch.no_grad():
+            reference = gm(batches[0])
     neurons, pools = replace(gm, ccfg, method.dynamics, method.neuron_kwargs())
     propagate_shapes(gm, pools, batches[0], reference, ccfg.pool.name == "avg")
     dynamic = dynamic_nodes(gm)

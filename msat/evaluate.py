@@ -401,7 +401,9 @@ def summarize(prep: Prepared, counts: Counts, t_start: float) -> dict:
     at_e, at_T = stats.at(t_stat), stats.at(T)
     names = [n for n, _ in snn.neuron_layers()]
     scales, sc_p = snn.scales, snn.sc.p
+    negative = stats.negative_spikes()
     layers = [{"name": n, "scale": _scale_value(scales[n]), "firing_rate": at_T[n]["firing_rate"],
+               "negative_spikes": negative.get(n, 0),
                "sin_ratio": at_e[n]["sin_ratio"], "q": at_e[n]["q"], "ans": at_e[n]["ans"], "p": sc_p.get(n)}
               for n in names]
     macs = layer_macs(prep.model, prep.calib[0][:1])
@@ -426,6 +428,7 @@ def summarize(prep: Prepared, counts: Counts, t_start: float) -> dict:
         "layers": layers,
         "sin_curve": {n: curves[n]["sin_ratio"] for n in names},
         "firing_curve": {n: curves[n]["firing_rate"] for n in names},
+        "negative_spikes": sum(negative.values()),
         "energy": energy,
         "energy_at": energy_at,
         "config": prep.resolved,

@@ -25,7 +25,7 @@ from .utils import all_reduce_sum
 # Rows of SpikeStats' per-layer (4, T) count tensor; each row is a count after t = 1..T steps.
 _FIRED_NEG, _FIRED_POS, _SIN_SPIKES, _SPIKES = range(4)
 # Entries of the per-layer (3,) totals tensor.
-_NEG, _NEURONS, _SAMPLES = range(3)
+_NEG, _NEURONS, _SAMPLES, _NEG_SPIKES = range(4)
 _BLOCK = 2 ** 18       # neurons per float32 partial sum: 64 spikes each stay below 2**24, exact
 MAC_MODULES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
@@ -62,7 +62,7 @@ class SpikeStats(Observer):
         self.layers = None if layers is None else list(layers)
         self.T: int | None = None
         self.counts: dict[str, torch.Tensor] = {}   # name -> (4, T) int64
-        self.totals: dict[str, torch.Tensor] = {}   # name -> (3,) int64: |a<=0|, neurons, samples
+        self.totals: dict[str, torch.Tensor] = {}   # name -> (4,) int64: |a<=0|, neurons, samples, negative spikes
         self._batch: dict[str, dict[str, Any]] = {}  # name -> this batch's state (see begin_batch)
         self._checked: set[str] = set()             # layers whose spikes were checked to be counts
         self._work: torch.Tensor | None = None      # scratch, the size of the largest layer's chunk
@@ -96,8 +96,8 @@ class SpikeStats(Observer):
             }
             if n not in self.counts:
                 self.counts[n] = torch.zeros(4, T, dtype=torch.int64, device=a.device)
-                self.totals[n] = torch.zeros(3, dtype=torch.int64, device=a.device)
-            self.totals[n] += torch.tensor([int((a <= 0).sum()), a.numel(), a.shape[0]], device=a.device)
+                self.totals[n] = torch.zeros(4, dtype=torch.int64, device=a.device)
+            self.totals[n] += torch.tensor([int((a <= 0).sum()), a.numel(), a.shape[0], 0], device=a.device)
 
     def on_spikes(self, name: str, spikes: torch.Tensor, t0: int) -> None:
         st = self._batch.get(name)
@@ -116,6 +116,8 @@ class SpikeStats(Observer):
             if (spikes.abs() > 64).any() or not torch.equal(spikes, spikes.trunc()):
                 raise ValueError(f"layer {name!r}: spikes must be integer counts in -64..64 per step")
             self._checked.add(name)
+        neg = torch.clamp(spikes, max=0).sum(dtype=torch.float64)     # signed spikes (SpiCalib): emitted < 0
+        self.totals[name][_NEG_SPIKES] -= neg.to(torch.int64)
         s = spikes.reshape(Tc, -1).abs().float()        # (Tc, B*n); a negative spike is one (signed) spike too
         fired = torch.clamp(s, max=1.0, out=self._workspace(s))       # (Tc, B*n): 1 where N_l(t) > 0
         prev = st["fired"]
@@ -179,6 +181,10 @@ class SpikeStats(Observer):
         return {n: float(c[_SPIKES, col]) / max(int(self.totals[n][_NEURONS]), 1)
                 for n, c in self.counts.items()}
 
+    def negative_spikes(self) -> dict[str, int]:
+        """name -> negative spikes emitted over all samples and steps (signed-spike methods; else 0)."""
+        return {n: int(t[_NEG_SPIKES]) for n, t in self.totals.items()}
+
     def neurons_per_sample(self) -> dict[str, int]:
         """name -> neurons of that layer for one sample."""
         return {n: int(t[_NEURONS]) // max(int(t[_SAMPLES]), 1) for n, t in self.totals.items()}
@@ -199,7 +205,8 @@ class SpikeStats(Observer):
         if len(Ts) != 1:
             raise ValueError(f"state mixes curve lengths {sorted(Ts)}")
         self.counts = {n: v.clone() for n, v in counts.items()}
-        self.totals = {n: totals[n].clone() for n in counts}
+        pad = lambda t: torch.cat([t, t.new_zeros(4 - t.numel())]) if t.numel() < 4 else t.clone()
+        self.totals = {n: pad(totals[n]) for n in counts}        # states of before the negative-spike count
         self.T = Ts.pop()
 
     def all_reduce(self) -> "SpikeStats":

@@ -7,16 +7,21 @@
 - ``Staging(run_dir)`` and ``commit``: a run writes its outputs into ``<run_dir>/.staging-*`` and
   commits them together: the old result's marker (``metrics.json``) is removed first, the staged
   files are moved in, files of the old set that the new one lacks are removed, and the new
-  ``metrics.json`` is written last, with the sha256 of every file of the set (``files``). A
-  directory therefore holds one result, or none while a commit is under way, never files of two.
-- ``load_run(run_dir)``: the result, after checking that every file of its set is the one committed.
+  ``metrics.json`` is written last, with the sha256 of every file of the set (``files``) and its own
+  ``signature`` (the sha256 of its canonical JSON without that field). A directory therefore holds one
+  result, or none while a commit is under way, never files of two.
+- ``load_run(run_dir)``: the result, after checking that ``metrics.json`` is the one committed (a JSON object
+  with a ``files`` manifest, its signature matching its content) and that every file of its set is too.
+- ``SweepLock(sweep_dir)``: the same lock on a Hydra multirun's sweep directory (held by the launching
+  process for the whole sweep): a second multirun into it is refused in one line naming the first.
 - ``CheckpointLock(path)``: training's lock on the checkpoint it writes (``<path>.lock``); ``commit_in_place``:
   training's set (config, per-epoch logs written as it goes) committed by ``summary.json``, written last with
-  the sha256 of every file of the set.
+  the sha256 of every file of the set and its signature.
 """
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -28,10 +33,12 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from .utils import DiskFullError, UserError, atomic_write_text
+from .checkpoint import last_ckpt_path
+from .utils import DiskFullError, UserError, atomic_write_text, file_kind
 
 MARKER = "metrics.json"
 LOCK = ".lock"
+SIGNATURE = "signature"                  # the key of a marker's own digest ("sha256:<hex>")
 
 
 def run_id() -> str:
@@ -73,13 +80,15 @@ def _sign(lock: Any, path: Path) -> None:
 class RunLock:
     """Exclusive lock on ``run_dir`` (``fcntl.flock`` on ``run_dir/.lock``), released on exit."""
 
+    what = "run directory"                       # how the refusal names the directory and the other holder
+    holder = "another run"
+    key = "hydra.run.dir"
+
     def __init__(self, run_dir: str | os.PathLike):
         self.run_dir = Path(run_dir)
         self.fd: Optional[int] = None
 
     def __enter__(self) -> "RunLock":
-        import fcntl
-
         path = self.run_dir / LOCK
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -87,6 +96,10 @@ class RunLock:
         except OSError as e:
             if e.errno == errno.ENOSPC:
                 raise DiskFullError(path, 4096, "nothing was written") from None
+            if isinstance(e, (FileExistsError, NotADirectoryError, PermissionError)):
+                why = (e.strerror or str(e)).lower()
+                raise UserError(f"cannot use {self.what} {self.run_dir}: {why} ({e.filename}); choose another "
+                                f"{self.key}") from None
             raise
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -96,19 +109,42 @@ class RunLock:
                 raise
             who = _holder(fd)
             os.close(fd)
-            raise UserError(f"run directory {self.run_dir} is in use by another run ({who}); wait for it to "
-                            "finish or choose another hydra.run.dir") from None
+            raise UserError(f"{self.what} {self.run_dir} is in use by {self.holder} ({who}); wait for it to "
+                            f"finish or choose another {self.key}") from None
         self.fd = fd
         _sign(self, path)
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        import fcntl
-
         if self.fd is not None:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
             self.fd = None
+
+
+class SweepLock(RunLock):
+    """Exclusive lock on a Hydra multirun's sweep directory (``sweep_dir/.lock``), held by the process that
+    launches the jobs for the whole sweep: two multiruns never write their jobs into one sweep directory."""
+
+    what = "sweep directory"
+    holder = "another multirun"
+    key = "hydra.sweep.dir"
+
+
+def _canonical_digest(obj: Any) -> str:
+    """sha256 of the canonical JSON of ``obj`` (sorted keys, no spaces): what a marker's signature covers."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def signed_json(result: Mapping[str, Any]) -> tuple[str, str]:
+    """(the marker's text, its signature): ``result`` as JSON (values JSON cannot encode as strings) plus
+    ``signature``, the digest of that JSON's canonical form without the signature. Any edit of the content
+    (not of the layout) makes the signature differ."""
+    body = json.loads(json.dumps(dict(result), default=str))          # exactly what a reader gets back
+    body.pop(SIGNATURE, None)
+    sig = _canonical_digest(body)
+    return json.dumps({**body, SIGNATURE: sig}, indent=2) + "\n", sig
 
 
 def _sha256(path: Path) -> str:
@@ -157,14 +193,9 @@ class Staging:
         if MARKER in files:
             raise ValueError(f"{MARKER} is written by commit, not staged")
         out = {**result, "files": files}
-        text = json.dumps(out, indent=2, default=str) + "\n"
+        text, out[SIGNATURE] = signed_json(out)
         old = self.run_dir / MARKER
-        previous: dict = {}
-        if old.is_file():
-            try:
-                previous = json.loads(old.read_text()).get("files") or {}
-            except ValueError:
-                previous = {}
+        previous = _manifest(self.run_dir)
         try:
             probe = self.dir / MARKER
             atomic_write_text(probe, text)               # the marker fits on the disk before anything moves
@@ -179,11 +210,26 @@ class Staging:
             dest.parent.mkdir(parents=True, exist_ok=True)
             os.replace(p, dest)
         for name in previous:
-            if name not in files:
+            if name not in files and (self.run_dir / name).is_file():
                 (self.run_dir / name).unlink(missing_ok=True)
         os.replace(probe, old)                           # the new result, complete
         self.committed = True
         return out
+
+
+def _safe_name(name: Any) -> bool:
+    """A manifest entry names a file inside the run directory (relative, no ``..``)."""
+    return isinstance(name, str) and bool(name) and not os.path.isabs(name) and ".." not in Path(name).parts
+
+
+def _manifest(run_dir: Path) -> dict:
+    """The ``files`` of the result committed in ``run_dir`` whose names stay inside it ({} if none or unreadable):
+    what a new commit replaces."""
+    try:
+        files = json.loads((run_dir / MARKER).read_text()).get("files")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return {n: h for n, h in files.items() if _safe_name(n)} if isinstance(files, dict) else {}
 
 
 def _result_size(run_dir: Path) -> int:
@@ -191,11 +237,8 @@ def _result_size(run_dir: Path) -> int:
     marker = run_dir / MARKER
     if not marker.is_file():
         return 0
-    try:
-        files = json.loads(marker.read_text()).get("files") or {}
-    except ValueError:
-        return 0
-    return marker.stat().st_size + sum((run_dir / n).stat().st_size for n in files if (run_dir / n).is_file())
+    return marker.stat().st_size + sum((run_dir / n).stat().st_size for n in _manifest(run_dir)
+                                       if (run_dir / n).is_file())
 
 
 def _tree_size(root: Path) -> int:
@@ -203,25 +246,54 @@ def _tree_size(root: Path) -> int:
 
 
 def load_run(run_dir: str | os.PathLike, verify: bool = True) -> dict:
-    """``metrics.json`` of ``run_dir``; with ``verify``, every file of its set must be the one committed."""
+    """``metrics.json`` of ``run_dir`` (a :class:`UserError` naming the file, in one line, otherwise).
+
+    It must be a JSON object with a ``files`` manifest (name -> sha256). With ``verify`` (the default: what
+    tables and ``skip_done`` use) its ``signature`` must match its content, and every file of its set must be
+    the one committed: a result edited, truncated or mixed with other files after its run committed it is
+    refused, never published."""
     run_dir = Path(run_dir)
     path = run_dir / MARKER
     if not path.is_file():
+        if path.exists():
+            raise UserError(f"{path} is {file_kind(path)}, not a result file; rerun the run into a fresh "
+                            "directory")
         raise UserError(f"{run_dir} holds no result ({MARKER} missing: the run did not finish, or is committing)")
     try:
-        result = json.loads(path.read_text())
-    except ValueError as e:
-        raise UserError(f"{path} is not valid JSON ({e})") from e
-    if verify:
-        bad = [n for n, h in (result.get("files") or {}).items()
-               if not (run_dir / n).is_file() or _sha256(run_dir / n) != h]
-        if bad:
-            raise UserError(f"{run_dir}: files {bad} are not those of the result in {MARKER} (changed after the "
-                            "run committed); rerun it")
+        result = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as e:                         # not JSON, not UTF-8, unreadable
+        detail = " ".join(str(e).split())[:200]
+        raise UserError(f"{path} is not a readable result ({type(e).__name__}: {detail}); rerun the run") from None
+    if not isinstance(result, dict):
+        raise UserError(f"{path} is not a result of a run (a JSON {type(result).__name__}, not an object); "
+                        "rerun the run")
+    files = result.get("files")
+    if not isinstance(files, dict) or not all(_safe_name(n) and isinstance(h, str) for n, h in files.items()):
+        what = "has no files entry" if "files" not in result else \
+            f"has a files entry that is not a mapping of file names inside {run_dir} to sha256 digests"
+        raise UserError(f"{path} {what} (edited after the run committed it?); rerun the run")
+    if not verify:
+        return result
+    body = {k: v for k, v in result.items() if k != SIGNATURE}
+    if SIGNATURE not in result:
+        raise UserError(f"{path} carries no signature of its content (edited, or written before results were "
+                        "signed); rerun the run")
+    if result[SIGNATURE] != _canonical_digest(body):
+        raise UserError(f"{path} was edited after the run committed it (its signature does not match its "
+                        "content); rerun the run")
+    for name, digest in files.items():
+        f = run_dir / name
+        if not f.is_file():
+            state = "is missing" if not f.exists() else f"is {file_kind(f)}"
+            raise UserError(f"{f} {state}, but {path} lists it in its set (removed after the run committed "
+                            "it?); rerun the run")
+        if _sha256(f) != digest:
+            raise UserError(f"{f} was changed after the run committed it (its sha256 differs from the one in "
+                            f"{path}); rerun the run")
     return result
 
 
-__all__ = ["run_id", "RunLock", "Staging", "load_run", "MARKER"]
+__all__ = ["run_id", "RunLock", "SweepLock", "Staging", "load_run", "signed_json", "MARKER"]
 
 
 # ----------------------------------------------------------------------------- training: a checkpoint lock, a set
@@ -242,15 +314,21 @@ class CheckpointLock:
         self._made_dir = False
 
     def __enter__(self) -> "CheckpointLock":
-        import fcntl
-
+        for p in (self.path, last_ckpt_path(self.path)):        # the best checkpoint and the resume state
+            if p.exists() and not p.is_file():
+                raise UserError(f"checkpoint path {p} is {file_kind(p)}, not a file training can write; set "
+                                "train.ckpt_path to a file path (or paths.ckpt_dir to a folder)")
         self._made_dir = not self.lock.parent.exists()
         while True:
-            self.lock.parent.mkdir(parents=True, exist_ok=True)
             try:
+                self.lock.parent.mkdir(parents=True, exist_ok=True)
                 fd = os.open(self.lock, os.O_RDWR | os.O_CREAT, 0o644)
-            except FileNotFoundError:                    # the folder was removed meanwhile: make it again
-                continue
+            except (FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError) as e:
+                if isinstance(e, FileNotFoundError) and not self.lock.parent.is_dir():
+                    continue                             # the folder was removed meanwhile: make it again
+                why = (e.strerror or str(e)).lower()
+                raise UserError(f"cannot write checkpoint {self.path}: {why} ({e.filename}); set train.ckpt_path "
+                                "(or paths.ckpt_dir) to a place you can write") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as e:
@@ -273,8 +351,6 @@ class CheckpointLock:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        import fcntl
-
         if self.fd is None:
             return
         self.lock.unlink(missing_ok=True)                # while held: whoever opened it retries on a new file
@@ -298,7 +374,8 @@ def commit_in_place(run_dir: str | os.PathLike, names: list[str], result: Mappin
     run_dir = Path(run_dir)
     files = {n: _sha256(run_dir / n) for n in names if (run_dir / n).is_file()}
     out = {**result, "files": files}
-    atomic_write_text(run_dir / marker, json.dumps(out, indent=2, default=str) + "\n")
+    text, out[SIGNATURE] = signed_json(out)
+    atomic_write_text(run_dir / marker, text)
     return out
 
 

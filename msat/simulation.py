@@ -162,7 +162,63 @@ def _run_static(snn: SpikingNetwork, plan: _Plan, x: Tensor) -> dict:
 def _check_steps(T: Any, chunk: Any) -> None:
     for name, v in (("T", T), ("chunk", chunk)):
         if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-            raise SimulationError(f"{name} must be a positive integer, got {v!r}")
+            raise SimulationError(f"{name} must be a positive integer, got {v!r} ({type(v).__name__})")
+
+
+OBSERVER_HOOKS = ("on_batch_start", "on_spikes", "on_output", "on_batch_end")
+
+
+def _network_input(snn: SpikingNetwork) -> tuple[Optional[int], Optional[torch.dtype], tuple, Optional[torch.device]]:
+    """(rank, dtype, per-sample shape, device) of the input ``snn`` runs on: the rank and kind of its calibration
+    batch (recorded on the graph's input at conversion), the dtype its parameters compute in, their device."""
+    gm = snn.graph_module
+    meta = next((n.meta.get("tensor_meta") for n in gm.graph.nodes if n.op == "placeholder" and not n.args), None)
+    rank, dtype, sample = (len(meta.shape), meta.dtype, tuple(meta.shape[1:])) if meta is not None else (None, None, ())
+    floating = next((t.dtype for t in gm.parameters() if t.is_floating_point()), None)
+    if floating is not None and (dtype is None or dtype.is_floating_point):
+        dtype = floating                       # a network cast after conversion (snn.double()) computes in that
+    first = next(gm.parameters(), None)
+    first = first if first is not None else next(gm.buffers(), None)
+    return rank, dtype, sample, (first.device if first is not None else None)
+
+
+def check_inputs(snn: Any, x: Any, T: Any, chunk: Any, generator: Any, observers: Any) -> None:
+    """Every argument of :func:`simulate` a caller can get wrong, checked before any step: one
+    :class:`SimulationError` sentence each (a :class:`msat.utils.UserError`)."""
+    _check_steps(T, chunk)
+    if not isinstance(snn, SpikingNetwork):
+        raise SimulationError(f"simulate expects a SpikingNetwork from msat.convert, got {type(snn).__name__}")
+    if not isinstance(x, Tensor):
+        raise SimulationError(f"x must be a torch.Tensor batch (B, ...), got {type(x).__name__}")
+    if x.dim() == 0 or x.shape[0] == 0:
+        raise SimulationError(f"x must be a non-empty batch (B, ...), got a tensor of shape {tuple(x.shape)}")
+    rank, dtype, sample, device = _network_input(snn)
+    if rank is not None and x.dim() != rank:
+        hint = "; a single sample needs its batch dimension (x.unsqueeze(0))" if x.dim() == rank - 1 else ""
+        raise SimulationError(f"x has shape {tuple(x.shape)} ({x.dim()} dims), but this network takes {rank}-dim "
+                              f"batches (B, {', '.join(map(str, sample))}) like its calibration data{hint}")
+    if dtype is not None and x.dtype != dtype:
+        integer = not dtype.is_floating_point and not dtype.is_complex and dtype != torch.bool
+        if not (integer and not x.is_floating_point() and not x.is_complex() and x.dtype != torch.bool):
+            kind = f"integer inputs (token ids, {dtype})" if integer else f"inputs of its parameters' dtype ({dtype})"
+            raise SimulationError(f"x is {x.dtype}, but this network takes {kind}: convert it with x.to({dtype})")
+    if device is not None and x.device != device:
+        raise SimulationError(f"x is on {x.device}, but the network is on {device}: move one to the other's device "
+                              f"(x.to({str(device)!r}) or snn.to({str(x.device)!r}))")
+    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        raise SimulationError("x holds NaN or inf values: the simulation would predict from NaN")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise SimulationError(f"generator must be a torch.Generator (e.g. torch.Generator().manual_seed(0)) or "
+                              f"None, got {type(generator).__name__}")
+    if isinstance(observers, Observer) or not isinstance(observers, (list, tuple)):
+        raise SimulationError(f"observers must be a list or tuple of msat.Observer, got {type(observers).__name__}")
+    for o in observers:
+        missing = [h for h in OBSERVER_HOOKS if not callable(getattr(o, h, None))]
+        if missing:
+            raise SimulationError(f"observer {type(o).__name__} lacks {', '.join(missing)}: subclass msat.Observer")
+    if snn.sc.active and not 1 <= snn.sc.E <= T:
+        raise SimulationError(f"spike confidence acts for t < sc.E={snn.sc.E}, beyond T={T}: simulate at least "
+                              f"sc.E steps or convert with a smaller sc.E")
 
 
 PRECISIONS = ("fp32", "tf32", "bf16")
@@ -255,16 +311,7 @@ def simulate(snn: SpikingNetwork, x: Tensor, T: int, chunk: int = 32,
     ``fused``, ``precision``, ``cuda_graphs``, ``channels_last``, ``chunk_bytes``: see :class:`SimOptions`
     (the defaults pick the fast path of the device).
     """
-    _check_steps(T, chunk)
-    if not isinstance(snn, SpikingNetwork):
-        raise SimulationError(f"simulate expects a SpikingNetwork from msat.convert, got {type(snn).__name__}")
-    if not isinstance(x, Tensor) or x.dim() == 0:
-        raise SimulationError("x must be a batched tensor (B, ...)")
-    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
-        raise SimulationError("x holds NaN or inf values: the simulation would predict from NaN")
-    if snn.sc.active and not 1 <= snn.sc.E <= T:
-        raise SimulationError(f"spike confidence acts for t < sc.E={snn.sc.E}, beyond T={T}: simulate at least "
-                              f"sc.E steps or convert with a smaller sc.E")
+    check_inputs(snn, x, T, chunk, generator, observers)
     opts = SimOptions.resolve(x.device, fused, precision, cuda_graphs, channels_last, chunk_bytes)
     x = prepare_network(snn, x, opts)
     reset_net(snn)

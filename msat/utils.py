@@ -10,6 +10,7 @@ import os
 import platform
 import random
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -118,25 +119,57 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
         torch.use_deterministic_algorithms(True, warn_only=True)
 
 
+DEVICE_CHOICES = "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"
+
+
 def resolve_device(name: str | torch.device = "auto") -> torch.device:
-    """``'auto'`` -> ``cuda`` if available, else ``cpu``; other names are checked, not guessed."""
-    name = str(name)
+    """``'auto'`` -> ``cuda`` if available, else ``cpu``; other names are checked, not guessed: a device this
+    machine does not have (``cuda`` without CUDA, ``cuda:3`` with two GPUs, ``mps`` off Apple silicon) or a kind
+    the suite does not run on is a :class:`UserError`, before anything is computed."""
+    name = str(name).strip()
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(name)
-    except RuntimeError as e:
-        raise UserError(f"invalid device {name!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'") from e
+    except (RuntimeError, ValueError) as e:
+        raise UserError(f"invalid device {name!r}; use {DEVICE_CHOICES}") from e
+    if dev.type == "cpu":
+        return torch.device("cpu")
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise UserError(f"device {name!r} requested but CUDA is not available; use device=auto or cpu")
+            raise UserError(f"device {name!r} requested but CUDA is not available on this machine; use device=auto "
+                            "or device=cpu")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise UserError(f"device {name!r} requested but only {torch.cuda.device_count()} "
-                            "CUDA devices exist")
-    return dev
+            n = torch.cuda.device_count()
+            raise UserError(f"device {name!r} requested but this machine has {n} CUDA device{'s' * (n != 1)} "
+                            f"(cuda:0..cuda:{n - 1})")
+        return dev
+    if dev.type == "mps":
+        if not (torch.backends.mps.is_built() and torch.backends.mps.is_available()):
+            raise UserError(f"device {name!r} requested but MPS (Apple silicon's GPU) is not available on this "
+                            "machine; use device=auto or device=cpu")
+        if dev.index not in (None, 0):
+            raise UserError(f"device {name!r} requested but MPS has one device (mps)")
+        return dev
+    raise UserError(f"device {name!r} ({dev.type}) is not supported; use {DEVICE_CHOICES}")
 
 
 # ----------------------------------------------------------------------------- atomic writes
+
+def file_kind(path: str | os.PathLike) -> str:
+    """What ``path`` is, for a message: "a regular file", "a directory", "a character device", "a named pipe
+    (FIFO)", "a block device", "a socket", "missing" (nothing there, or a link to nothing)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return "missing"
+    for test, name in ((stat.S_ISREG, "a regular file"), (stat.S_ISDIR, "a directory"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
 
 def _size(n: int) -> str:
     return f"{n / 2**20:.1f} MB" if n >= 2**20 else f"{max(n, 1) / 2**10:.0f} kB"

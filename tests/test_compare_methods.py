@@ -50,7 +50,7 @@ def test_compare_methods_smoke(tmp_path, monkeypatch):
 
     runs_dir = work / "digits_digits_cnn" / "runs"
     for i, (job, row) in enumerate(zip(jobs, body)):
-        run = load_run(runs_dir / str(i))                                 # verified against its manifest
+        run = load_run(runs_dir / f"compare_{job.key}")                   # verified against its manifest
         assert run["method"]["name"] == job.method and run["model_spec"]["act"] == job.ann, (i, job)
         for key, value in job.overrides:                                  # the row's overrides are what ran
             group, leaf = key.split(".", 1)

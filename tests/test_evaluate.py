@@ -14,6 +14,8 @@ from hydra import compose, initialize_config_dir
 
 import msat
 from msat import evaluate
+from msat.evaluate import report_steps
+from msat.measure import unpack_outcomes
 from msat.utils import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,8 +67,9 @@ def test_metrics_schema_and_files(digits_run):
     layers = m["layers"]
     assert [L["name"] for L in layers] == list(m["sin_curve"]) and len(layers) >= 2
     for L in layers:
-        assert set(L) == {"name", "scale", "firing_rate", "sin_ratio", "q", "ans", "p"}
+        assert set(L) == {"name", "scale", "firing_rate", "sin_ratio", "q", "ans", "p", "negative_spikes"}
         assert L["scale"] > 0 and 0.0 <= L["sin_ratio"] <= 1.0 and 0.0 <= L["q"] <= 1.0
+        assert L["negative_spikes"] == 0                                   # MSAT emits no negative spike
         assert len(m["sin_curve"][L["name"]]) == 16
     e = m["energy"]
     assert set(e["op_ann"]) == set(e["op_snn"]) and e["ratio"] > 0 and 0 < e["mean_firing_rate"] < 1
@@ -77,6 +80,12 @@ def test_metrics_schema_and_files(digits_run):
     assert set(m["method"]["cost"]) >= {"calib_seconds", "forwards", "presim_steps"}
     assert (run_dir / "config.yaml").is_file() and set(on_disk["files"]) >= {"acc_curve.csv", "layers.csv", "config.yaml"}
     assert m["versions"]["torch"] == str(torch.__version__)
+    assert m["negative_spikes"] == 0 and len(m["ckpt_sha256"]) == 64 and m["train_run"]["epoch"] >= 1
+    rec = m["per_image"]                                                  # per-image outcomes add up
+    assert rec["n"] == 450 and rec["steps"] == report_steps(16)
+    for t in rec["steps"]:
+        assert int(unpack_outcomes(rec["correct"][str(t)], 450).sum()) == m["counts"]["correct"][t - 1]
+    assert int(unpack_outcomes(rec["ann"], 450).sum()) == m["counts"]["ann_correct"]
     curve = (run_dir / "acc_curve.csv").read_text().splitlines()
     assert curve[0] == "t,acc" and len(curve) == 17 and float(curve[16].split(",")[1]) == m["acc"][15]
     rows = (run_dir / "layers.csv").read_text().splitlines()
@@ -335,7 +344,8 @@ def one_thread():
 
 def _method_cases() -> list:
     """(method, ANN) for every registered method and every ANN its comparison rows convert (``variants``):
-    the first of ``Method.ann`` by default, e.g. QCFS for qcfs and srp, plus MSAT and SRP on the other one."""
+    the first of ``Method.ann`` by default, e.g. QCFS for qcfs, srp and cos, plus MSAT, SRP and COS on the other
+    one."""
     from msat.methods import get_method, list_methods
 
     cases = []
@@ -364,11 +374,14 @@ def test_every_method_end_to_end(request, one_thread, ckpt_dir, tmp_path, name, 
     if name.startswith("snn_calib"):
         assert params["calib_T"] == 16 and rec["label"].endswith("(calib. T=16)")     # not given: the run's T
         assert rec["cost"]["sim_steps"] >= 16 * len(m["layers"])                       # one calib_T run per layer
-    elif name == "srp":
-        assert params["tau"] == 4 and rec["presim_steps"] == 4 == rec["cost"]["presim_steps"]
-        assert rec["label"] == "SRP (tau=4)"
+    elif name in ("srp", "cos"):                                   # tau / rho pre-simulation steps per batch
+        key = "tau" if name == "srp" else "rho"
+        assert params[key] == 4 and rec["presim_steps"] == 4 == rec["cost"]["presim_steps"]
+        ext = ", ReLU ANN (our extension)" if ann == "relu" else ""
+        assert rec["label"] == f"{name.upper()} ({key}=4){ext}"
     elif name == "spicalib":
-        assert params["allowance"] == 8 and params["debt"] == "net" and rec["label"] == "SpiCalib (A=8)"
+        assert params["allowance"] == 8 and params["debt"] == "braincog"
+        assert rec["label"] == "SpiCalib (A=8, BrainCog's rule)"
     else:
         assert rec["presim_steps"] == 0
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["method"] == rec

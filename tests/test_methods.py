@@ -15,7 +15,7 @@ from msat.models import QCFS, apply_activation, build_model
 from msat.utils import UserError
 
 EXPECTED = ["if_max", "robust_norm", "vth_scaled", "opi", "burst", "msat", "msat_dtt", "msat_det", "msat_sc",
-            "msat_sc_filtered", "snn_calib_light", "snn_calib_advanced", "qcfs", "spicalib", "srp"]
+            "msat_sc_filtered", "snn_calib_light", "snn_calib_advanced", "qcfs", "spicalib", "srp", "cos"]
 
 
 def test_registry_lists_every_method_once():
@@ -104,7 +104,7 @@ def test_qcfs_needs_a_qcfs_ann_and_relu_methods_refuse_it():
     q = apply_activation(Chain(), "qcfs").eval()
     with pytest.raises(msat.ConversionError, match="method 'if_max' converts a ReLU ANN; this model is a QCFS ANN"):
         msat.convert(q, torch.ones(2, 1), {"method": "if_max"})
-    for name in ("msat", "srp"):                                       # these convert either ANN
+    for name in ("msat", "srp", "cos"):                                # these convert either ANN
         assert msat.convert(q, torch.ones(2, 1), {"method": name}).ann == "qcfs"
 
     class Functional(nn.Module):
@@ -170,13 +170,19 @@ def test_spicalib_negative_spikes_by_hand():
     assert _signed(late, 2, "braincog") == [0] * 6 + [0, 0, 1]
 
 
-def test_spicalib_defaults_and_signed_statistics():
+def test_spicalib_defaults_labels_and_signed_statistics():
+    """BrainCog's rule by default; A = T // 2 when not given (this project's choice: BrainCog's default 0 is off);
+    every label names its rule."""
     conv = conversion_config({"method": "spicalib", "T": 64})
-    assert (conv.method.allowance, conv.method.debt, conv.calib.percentile) == (32, "net", 0.9995)
+    assert (conv.method.allowance, conv.method.debt, conv.calib.percentile) == (32, "braincog", 0.9995)
     with pytest.raises(ConfigError, match="defaults to T // 2"):
         conversion_config({"method": "spicalib"})
-    with pytest.raises(ConfigError, match="valid values: net, braincog"):
+    with pytest.raises(ConfigError, match="valid values: braincog, net"):
         conversion_config({"method": {"name": "spicalib", "debt": "none", "allowance": 3}})
+    for debt, label in (("braincog", "SpiCalib (A=32, BrainCog's rule)"),
+                        ("net", "SpiCalib (A=32, net rule, our variant)")):
+        cfg = conversion_config({"method": {"name": "spicalib", "debt": debt}, "T": 64})
+        assert get_method("spicalib")(cfg).describe() == label
     from msat.measure import SpikeStats
 
     a = torch.tensor([[1.0, -1.0]])

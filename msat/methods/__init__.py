@@ -6,9 +6,9 @@ method class declares, in one place: the ANN it converts (``ann``), its neuron d
 (``dynamics``, a pure step function of ``msat.neurons``), the preset of the neuron/calib/sc/pool
 groups it runs with (``preset``), its parameters (``params``, a dataclass), how the thresholds
 are calibrated (``thresholds``), the stages after conversion that may simulate (``after_convert``),
-a pre-simulation per input batch (``presimulate``) and its label in tables and plots. One file per
+a pre-simulation per input batch (``presimulate``: SRP, COS) and its label in tables and plots. One file per
 method family: ``classic.py`` (if_max, robust_norm, vth_scaled, opi, burst), ``msat.py``,
-``snn_calib.py``, ``qcfs.py``, ``spicalib.py``, ``srp.py``.
+``snn_calib.py``, ``qcfs.py``, ``spicalib.py``, ``srp.py``, ``cos.py``.
 
 The Hydra group ``method=<name>`` (``conf/method/<name>.yaml``) selects a method; its node (the
 parameters and the preset) is generated from the class by ``msat.hydra_schema.register``.
@@ -47,6 +47,6 @@ def get_method(name: str) -> type[Method]:
     return _REGISTRY[name]
 
 
-from . import classic, msat, snn_calib, qcfs, spicalib, srp  # noqa: E402,F401  (register the methods)
+from . import classic, msat, snn_calib, qcfs, spicalib, srp, cos  # noqa: E402,F401  (register the methods)
 
 __all__ = ["Method", "CalibContext", "register_method", "list_methods", "get_method"]

@@ -6,7 +6,7 @@
           -> M.thresholds(ctx)        theta_l per spiking layer (default: SPEC 1.3 percentile)
           -> M.after_convert(snn, ctx) stages that may simulate (SC p, bias / potential calibration)
 
-and ``msat.simulate`` calls ``M.presimulate(snn, x, chunk)`` before the T steps of each batch (SRP).
+and ``msat.simulate`` calls ``M.presimulate(snn, x, chunk)`` before the T steps of each batch (SRP, COS).
 Everything a method spends on calibration is counted in ``ctx.cost`` (seconds, ANN forward passes,
 SNN steps) and recorded as ``snn.cost``.
 """
@@ -153,7 +153,7 @@ class Method:
         return 0
 
     def presimulate(self, snn: Any, x: Tensor, chunk: int) -> None:
-        """Per input batch, before its T steps (SRP); the default does nothing."""
+        """Per input batch, before its T steps (SRP, COS); the default does nothing."""
 
 
 class timed:

@@ -14,6 +14,11 @@ from . import register_method
 from .base import CalibContext, Method
 
 
+def is_qcfs_ann(neurons: list) -> bool:
+    """Whether every spiking layer replaced a QCFS activation (a QCFS-trained ANN; else a ReLU ANN)."""
+    return all(getattr(m.ann_act, "lam", None) is not None for m in neurons)
+
+
 def lambda_thresholds(ctx: CalibContext) -> dict:
     """theta_l = the trained clipping level lambda_l of each QCFS activation (in the model's dtype)."""
     out = {}

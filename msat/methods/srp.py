@@ -8,8 +8,9 @@ the potentials are reset to theta/2 and the T steps run with the masks fixed; on
 counted in the prediction. The latency of a result at T is tau + T (the paper counts tau + T, the
 code's tables T: both are reported).
 
-Thresholds follow the ANN: lambda_l of a QCFS-trained ANN (the paper's and the code's setting), else
-the max-norm calibration (SPEC 1.3).
+Thresholds follow the ANN: lambda_l of a QCFS-trained ANN (the paper's and the code's setting); on a ReLU
+ANN (our extension: the official code needs a QCFS ANN) the max-norm calibration (SPEC 1.3), and the row
+label says so.
 """
 from __future__ import annotations
 
@@ -17,9 +18,10 @@ from dataclasses import dataclass
 
 from ..config import ConfigError, MethodConfig, param
 from ..neurons import reset_net
+from ..simulation import run_steps
 from . import register_method
 from .base import CalibContext, Method
-from .qcfs import lambda_thresholds
+from .qcfs import is_qcfs_ann, lambda_thresholds
 
 
 @dataclass
@@ -43,22 +45,21 @@ class Srp(Method):
     params = SRPConfig
     ann = ("qcfs", "relu")
     preset = {"neuron": {"v_init": 0.5}}
-    variants = ({}, {"ann": "relu"})             # the paper's QCFS ANN, and the ReLU ANN every method shares
+    variants = ({}, {"ann": "relu"})             # the paper's QCFS ANN, and the ReLU ANN (our extension)
+    on_qcfs = True                               # set by thresholds(): which ANN was converted
 
     def describe(self) -> str:
-        return f"SRP (tau={self.params.tau})"
+        label = f"SRP (tau={self.params.tau})"
+        return label if self.on_qcfs else f"{label}, ReLU ANN (our extension)"
 
     def thresholds(self, ctx: CalibContext) -> dict:
-        if all(getattr(m.ann_act, "lam", None) is not None for m in ctx.neurons):
-            return lambda_thresholds(ctx)
-        return super().thresholds(ctx)
+        self.on_qcfs = is_qcfs_ann(ctx.neurons)
+        return lambda_thresholds(ctx) if self.on_qcfs else super().thresholds(ctx)
 
     def presim_steps(self) -> int:
         return self.params.tau
 
     def presimulate(self, snn, x, chunk: int) -> None:
-        from ..simulation import run_steps
-
         run_steps(snn, x, self.params.tau, chunk)
         masks = {m: (m.potential() > self.params.eps).to(m.v.dtype) for _, m in snn.neuron_layers()}
         reset_net(snn)
