@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +67,8 @@ class Profile:
     t_grid: tuple[int, ...] = T_GRID
     paired_T: tuple[int, ...] = ()
     sim_batch_size: int | None = None
+    variants: str = "all"                    # all: every Method.variants row; first: each method's default row
+    sin_overrides: tuple[str, ...] = ()      # claims: extra overrides of the long SIN run (e.g. fewer images)
 
     @property
     def named(self) -> bool:
@@ -84,6 +87,8 @@ def load_profile(dataset: str, model: str) -> Profile:
     prof = Profile(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
     if list(prof.t_grid) != sorted(set(prof.t_grid)) or not prof.seeds or any(t not in prof.t_grid for t in prof.paired_T):
         raise UserError(f"{path}: t_grid must be increasing, seeds non-empty, paired_T inside t_grid")
+    if prof.variants not in ("all", "first"):
+        raise UserError(f"{path}: variants must be all or first, got {prof.variants!r}")
     return prof
 
 
@@ -116,7 +121,7 @@ def rows(T: int, profile: Profile | None = None) -> list[Row]:
     out = []
     for name in list_methods():
         cls = get_method(name)
-        for variant in cls.variants:
+        for variant in cls.variants[:1] if profile.variants == "first" else cls.variants:
             v = dict(variant)
             ann = v.pop("ann", cls.ann[0])
             if v.get("method.calib_T", 0) > T:
@@ -434,6 +439,18 @@ def launch(ctx: Context, jobs: Sequence[Row], extra: Sequence[str] = ()) -> None
     run_cmd(cmd + list(extra), f"compare-methods conversions ({len(jobs)} jobs)")
 
 
+def first_table(md: str) -> str:
+    """The first markdown table of ``md``, its accuracy cells without intervals (a terminal-sized summary)."""
+    lines = md.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith("|")), len(lines))
+    table = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        table.append(re.sub(r" \(\d+\.\d-\d+\.\d\)", "", line))
+    return "\n".join(table)
+
+
 def compare(dataset: str = "digits", model: str = "digits_cnn", smoke: bool = False,
             results_dir: str | Path | None = None, work_dir: str | Path | None = None,
             ckpt_dir: str | Path | None = None, extra: Sequence[str] = ()) -> Path:
@@ -450,8 +467,8 @@ def compare(dataset: str = "digits", model: str = "digits_cnn", smoke: bool = Fa
     md += f"\nRuns: `{show_path(ctx.runs_dir)}` ({len(jobs)} jobs); checkpoints: `{show_path(ctx.ckpt)}`.\n"
     out = ctx.results / f"{name}.md"
     atomic_write_text(out, md)
-    print(md, flush=True)
-    print(f"wrote {out}", flush=True)
+    print(first_table(md), flush=True)                 # the rest (intervals, seeds, tests, anchors) is in the file
+    print(f"wrote {out} (+ .png): intervals, seeds, paired tests and anchors there", flush=True)
     return out
 
 

@@ -19,8 +19,10 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
+import re
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -442,11 +444,66 @@ def python_exe() -> str:
     return os.environ.get("PYTHON", sys.executable)
 
 
+def verbose() -> bool:
+    """``MSAT_VERBOSE=1``: every job's output streams to the terminal (default: to its log file)."""
+    return os.environ.get("MSAT_VERBOSE", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def job_log_path(cmd: Sequence[str], what: str) -> Path:
+    """Where a job's output goes: beside the run or sweep directory it writes (``<dir>.log``, under the target's
+    work folder), else ``outputs/logs/<what>.log``."""
+    for arg in cmd:
+        key, _, value = arg.partition("=")
+        if key.lstrip("+") in ("hydra.sweep.dir", "hydra.run.dir") and value and "$" not in value:
+            d = Path(value) if Path(value).is_absolute() else REPO / value
+            return d.with_name(d.name + ".log")
+    slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in what).strip("_") or "job"
+    return REPO / "outputs" / "logs" / f"{slug}.log"
+
+
+def error_lines(text: str) -> list[str]:
+    """The ``error:`` lines of a job's output (without the prefix), in order, once each: the lines the entry points
+    print, else the ones their logs hold."""
+    lines = [line.strip() for line in text.splitlines()]
+    own = [line[len("error:"):].strip() for line in lines if line.startswith("error:")]
+    logged = [line.split("] - error:", 1)[1].strip() for line in lines if "] - error:" in line]
+    errors = list(dict.fromkeys(own or logged))
+    jobs = [re.match(r"job \d+ \(.*?\) failed: (.*) \(log: [^()]*\)$", e) for e in errors]
+    if len(errors) > 1 and all(jobs) and len({m.group(1) for m in jobs}) == 1:     # every job failed alike
+        return [f"{len(errors)} jobs failed: {jobs[0].group(1)}"]
+    return errors
+
+
 def run_cmd(cmd: list[str], what: str) -> None:
-    print("+ " + " ".join(cmd), flush=True)
-    proc = subprocess.run(cmd, cwd=REPO)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{what} failed (exit code {proc.returncode}): {' '.join(cmd)}")
+    """Run one job (a subprocess in the repository). By default one line says what runs and where its log is,
+    and the output goes to that log; a failure raises one ``RuntimeError`` line with the job's own ``error:``
+    message and the log (further error lines, e.g. one per failed job of a multirun, are printed before it).
+    ``MSAT_VERBOSE=1`` streams the output instead."""
+    if verbose():
+        print("+ " + " ".join(cmd), flush=True)
+        proc = subprocess.run(cmd, cwd=REPO)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{what} failed (exit code {proc.returncode}): {' '.join(cmd)}")
+        return
+    log_path = job_log_path(cmd, what)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    print(f"{what} (log: {show_path(log_path)}) ...", end="", flush=True)
+    t0 = time.perf_counter()
+    with open(log_path, "w") as f:
+        f.write("+ " + " ".join(cmd) + "\n")
+        f.flush()
+        proc = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT)
+    if proc.returncode == 0:
+        print(f" done in {time.perf_counter() - t0:.0f} s", flush=True)
+        return
+    print(" failed", flush=True)
+    text = log_path.read_text(errors="replace")
+    errors = error_lines(text)
+    for line in errors[:-1]:
+        print(f"  {line}", file=sys.stderr, flush=True)
+    last = [line for line in text.splitlines() if line.strip()][-1:] or [""]
+    why = errors[-1] if errors else f"exit code {proc.returncode}, last output line: {last[0].strip()[:300]}"
+    raise RuntimeError(f"{what} failed: {why} (full output: {show_path(log_path)})")
 
 
 def train_missing(pairs: Sequence[tuple[str, str]], ckpt_dir: Path, work: Path, smoke: bool,

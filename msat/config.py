@@ -144,6 +144,25 @@ def _w(where: str) -> str:
     return where or "config"
 
 
+SEED_MAX = 2**32 - 1       # every seed a run derives (per batch, per loader, NumPy's, Optuna's) stays in range
+
+
+def check_seed(seed: int, where: str = "") -> None:
+    """A run's ``seed``: 0 <= seed <= 2**32 - 1 (torch, NumPy and the per-batch seeds derived from it take it)."""
+    key = f"{where}.seed" if where else "seed"
+    if not 0 <= seed <= SEED_MAX:
+        raise ConfigError(f"{key}={seed} is outside 0..{SEED_MAX} (2**32 - 1): give a non-negative integer seed "
+                          "below 2**32")
+
+
+def check_run_name(name: str) -> None:
+    """``name`` labels the run and is one folder under ``paths.output_dir/convert_eval``: one path component."""
+    if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+        raise ConfigError(f"name={name!r} is not a plain run name: it is a folder under paths.output_dir/"
+                          "convert_eval, so it must be non-empty, not '.' or '..', and contain no '/' (to write "
+                          "elsewhere set paths.output_dir or hydra.run.dir)")
+
+
 # ----------------------------------------------------------------------------- conversion groups
 
 @dataclass
@@ -329,7 +348,8 @@ class SimConfig:
 
     batch_size: int = param(128, "test images per batch")
     chunk: int = param(32, "time steps folded into one batch for stateless layers")
-    progress: bool = param(True, "progress bar (rank 0, only on a terminal)")
+    progress: bool = param(True, "progress (rank 0): a bar on a terminal, otherwise a log line every 10 % with "
+                           "the rate and the time left")
     precision: str = param("fp32", "fp32; tf32 (CUDA: TF32 convolutions); bf16 (convolutions in bf16 autocast, "
                            "membrane state in fp32)", ("fp32", "tf32", "bf16"))
     fused: Optional[bool] = param(None, "one compiled kernel per neuron layer and step (null: on CUDA only)")
@@ -364,7 +384,8 @@ class TrainConfig:
     amp: bool = param(True, "float16 autocast + GradScaler (CUDA only)")
     channels_last: bool = param(True, "channels-last memory format for 4-D inputs (CUDA only)")
     deterministic: bool = param(False, "deterministic cuDNN kernels (slower on GPU)")
-    progress: bool = param(True, "progress bars (only on a terminal)")
+    progress: bool = param(True, "progress bars on a terminal, otherwise a log line every 10 % of an epoch longer "
+                           "than 30 s")
     resume: bool = param(False, "continue from the _last.pt beside ckpt_path (fresh start if absent)")
     ckpt_path: Optional[str] = param(None, "null: ${paths.ckpt_dir}/${dataset.name}_${model.name}.pt")
     max_steps_per_epoch: Optional[int] = param(None, "cap training batches per epoch (smoke runs)")
@@ -470,6 +491,8 @@ class EvalConfig:
     resume: bool = param(False, "continue from the run directory's eval_state*.pt (hydra.run.dir=<that dir>)")
 
     def check(self, where: str = "") -> None:
+        check_run_name(self.name)
+        check_seed(self.seed, where)
         if self.T < 1:
             raise ConfigError(f"T must be a positive integer (the number of time steps), got {self.T}")
         if self.report_T is not None:
@@ -494,6 +517,9 @@ class TrainRunConfig:
     seed: int = param(0, "seed of initialization, data order and augmentation")
     device: str = param("auto", "auto | cpu | cuda | cuda:N (torchrun: cuda:LOCAL_RANK)")
 
+    def check(self, where: str = "") -> None:
+        check_seed(self.seed, where)
+
 
 def config_help(cls: type = EvalConfig, prefix: str = "") -> str:
     """Every key with its default, choices and help text, one line each."""
@@ -514,4 +540,4 @@ def config_help(cls: type = EvalConfig, prefix: str = "") -> str:
 __all__ = ["ConfigError", "from_mapping", "conversion_config", "config_help", "parse_sc_p", "ConversionConfig",
            "NeuronConfig", "CalibConfig", "SCConfig", "PoolConfig", "MethodConfig", "SimConfig", "TrainConfig",
            "ModelConfig", "LoggerConfig", "PathsConfig", "EvalConfig", "TrainRunConfig", "POOL_CHOICES",
-           "CONVERSION_GROUPS"]
+           "CONVERSION_GROUPS", "check_seed", "check_run_name", "SEED_MAX"]

@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader
 from .checkpoint import default_ckpt_path, load_checkpoint, load_model_weights
 from .config import ConversionConfig, EvalConfig, conversion_config, from_mapping
 from .runs import RunLock, Staging, load_run
+from .training import ProgressLog
 from .utils import (DistEnv, Interrupted, StopSignals, UserError, all_reduce_sum, atomic_torch_save,
                     atomic_write_text, hydra_run_dir, resume_command, seed_everything,
                     setup_distributed, to_plain, versions)
@@ -142,9 +143,17 @@ def state_path(run_dir: Path, rank: int, world: int) -> Path:
     return run_dir / ("eval_state.pt" if world == 1 else f"eval_state.rank{rank}.pt")
 
 
+def _drop_nulls(node: Any) -> Any:
+    """The config without null leaves: a key added later with a null default (= absent) keeps the fingerprint."""
+    if isinstance(node, dict):
+        return {k: _drop_nulls(v) for k, v in node.items() if v is not None}
+    return node
+
+
 def config_fingerprint(resolved: Mapping, world: int) -> str:
-    """sha256 of the resolved config without RESULT_NEUTRAL_KEYS, and of the number of processes."""
-    plain = json.loads(json.dumps(resolved, default=str))
+    """sha256 of the resolved config without RESULT_NEUTRAL_KEYS and null leaves, and of the number of
+    processes."""
+    plain = _drop_nulls(json.loads(json.dumps(resolved, default=str)))
     for key in RESULT_NEUTRAL_KEYS:
         *parents, leaf = key.split(".")
         node = plain
@@ -313,13 +322,15 @@ def simulate_split(prep: Prepared, signals: StopSignals | None = None) -> Counts
     resumed = torch.tensor([int(ann_counts[1])], device=device)
     loader, batch_ids = shard_loader(prep.bundle.test, sim.batch_size, rank, world, start=start)
     gen = torch.Generator(device=device)
-    bar = None
+    bar = plog = None
+    n = len(prep.bundle.test)
     if rank == 0 and sim.progress and sys.stderr.isatty():
         from tqdm import tqdm
 
-        n = len(prep.bundle.test)
         bar = tqdm(total=n, initial=min(int(ann_counts[1]) * world, n), desc=f"simulate T={cfg.T}", unit="img",
                    dynamic_ncols=True)
+    elif rank == 0 and sim.progress:                                 # no terminal: a log line every 10 %
+        plog = ProgressLog(n, f"simulate T={cfg.T}", "images", done=min(int(ann_counts[1]) * world, n), logger=log)
     def save(done: int, next_batch: int) -> None:
         atomic_torch_save({"batches_done": done, "next_batch": next_batch, "rank": rank, "world_size": world,
                            "fingerprint": fingerprint,
@@ -343,6 +354,8 @@ def simulate_split(prep: Prepared, signals: StopSignals | None = None) -> Counts
                           cuda_graphs=sim.cuda_graphs, channels_last=sim.channels_last, chunk_bytes=sim.chunk_bytes)
             if bar is not None:
                 bar.update(y.shape[0] * world)
+            elif plog is not None:
+                plog.update(y.shape[0] * world)
             if (every and (start + i) % every == 0) or signals.requested:
                 save(start + i, b + world)
             if signals.requested:
@@ -505,6 +518,20 @@ def reusable(run_dir: Path, resolved: Mapping, ckpt_path: Path) -> dict | None:
     return done if done.get("ckpt_sha256") == file_sha256(ckpt_path) else None
 
 
+def start_line(ecfg: EvalConfig, conv: ConversionConfig, run_dir: Path) -> str:
+    """The line a run starts with: what it converts and simulates, and where its files go."""
+    return (f"convert_eval: method {conv.method.name}, model {ecfg.model.name}, dataset {ecfg.dataset['name']}, "
+            f"T={ecfg.T}; run dir {run_dir}")
+
+
+def end_line(metrics: Mapping, run_dir: Path) -> str:
+    """The line a run ends with: ANN accuracy, the SNN's at the last T, steps to lossless, where the files are."""
+    acc, stl = metrics["acc"], metrics["steps_to_lossless"]
+    return (f"convert_eval: ANN {100 * metrics['ann_acc']:.2f} %, SNN {100 * acc[-1]:.2f} % at T={len(acc)}, "
+            f"lossless {f'from t={stl}' if stl is not None else 'never (up to T)'}; files in {run_dir} "
+            "(metrics.json, acc_curve.csv, plots)")
+
+
 def run(cfg: Any, run_dir: str | os.PathLike | None = None) -> dict:
     """Convert, simulate and measure; commit the run directory; return the metrics dict.
 
@@ -523,6 +550,8 @@ def run(cfg: Any, run_dir: str | os.PathLike | None = None) -> dict:
         log.info("skip_done: %s already holds this run's metrics.json", run_dir)
         return done
     env, device = setup_distributed(ecfg.device)
+    if env.is_main:
+        print(start_line(ecfg, conv, run_dir), flush=True)
     rl = None
     try:
         with RunLock(run_dir) if env.is_main else nullcontext(), StopSignals() as signals:
@@ -533,6 +562,7 @@ def run(cfg: Any, run_dir: str | os.PathLike | None = None) -> dict:
             if env.is_main:
                 metrics = write(metrics, prep, rl)
                 print(reporting.run_summary(metrics, report_steps(ecfg.T, ecfg.report_T)), flush=True)
+                print(end_line(metrics, run_dir), flush=True)
         if rl is not None:
             rl.finish(exit_code=0)
         return metrics

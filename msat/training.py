@@ -86,6 +86,45 @@ def _bar(it: Any, enabled: bool, **kw: Any) -> Any:
     return tqdm(it, leave=False, dynamic_ncols=True, **kw)
 
 
+def _duration(seconds: float) -> str:
+    """``1h02m``, ``3m05s`` or ``12s``."""
+    if not math.isfinite(seconds):
+        return "?"
+    s = int(round(seconds))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+class ProgressLog:
+    """Progress of long work that is not on a terminal: one log line at every ``step`` (a fraction) of ``total``
+    with the rate and the time left; no line sooner than ``min_seconds`` after the start (short work stays quiet).
+    ``done``: units already done before this process (a resumed run); ``logger``: default this module's."""
+
+    def __init__(self, total: int, what: str, unit: str, done: int = 0, step: float = 0.1,
+                 min_seconds: float = 0.0, logger: logging.Logger | None = None) -> None:
+        self.total, self.what, self.unit, self.step, self.min_seconds = total, what, unit, step, min_seconds
+        self.log = logger or log
+        self.done = self.start = done
+        self.t0 = time.perf_counter()
+        self.next = self._mark_after(done)
+
+    def _mark_after(self, done: int) -> float:
+        return (math.floor(done / max(self.total, 1) / self.step + 1e-9) + 1) * self.step * self.total
+
+    def update(self, n: int) -> None:
+        self.done += n
+        if self.done < self.next - 1e-9 or self.total <= 0:
+            return
+        self.next = self._mark_after(self.done)
+        elapsed = time.perf_counter() - self.t0
+        if elapsed < self.min_seconds:
+            return
+        rate = (self.done - self.start) / max(elapsed, 1e-9)
+        left = (self.total - self.done) / rate if rate > 0 else float("inf")
+        done = min(self.done, self.total)
+        self.log.info("%s: %d/%d %s (%.0f %%), %.3g %s/s, %s left", self.what, done, self.total, self.unit,
+                      100.0 * done / self.total, rate, self.unit, _duration(left))
+
+
 def _stop_everywhere(stop: Any, env: DistEnv | None, device: torch.device) -> bool:
     """Whether a stop signal arrived on any rank (DDP ranks must leave the epoch at the same step)."""
     flag = 1.0 if stop is not None and stop.requested else 0.0
@@ -98,12 +137,15 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
                     scaler: torch.amp.GradScaler, device: torch.device, amp: bool, channels_last: bool,
                     label_smoothing: float = 0.0, max_steps: int | None = None,
                     progress: bool = False, desc: str = "", stop: Any = None,
-                    env: DistEnv | None = None) -> tuple[float, float, int]:
+                    env: DistEnv | None = None, log_progress: bool = False) -> tuple[float, float, int]:
     """One pass over ``loader``; returns this process's (loss sum, correct count, sample count).
 
-    ``stop`` (a ``StopSignals``): the pass ends early, at a step boundary, once a signal arrived."""
+    ``stop`` (a ``StopSignals``): the pass ends early, at a step boundary, once a signal arrived.
+    ``log_progress``: a log line every 10 % of an epoch that runs longer than 30 s (no terminal, no bar)."""
     model.train()
     loss_sum, correct, count = 0.0, 0.0, 0
+    steps = len(loader) if max_steps is None else min(len(loader), max_steps)
+    plog = ProgressLog(steps, desc or "epoch", "batches", min_seconds=30.0) if log_progress else None
     for step, (x, y) in enumerate(_bar(loader, progress, desc=desc)):
         if (max_steps is not None and step >= max_steps) or _stop_everywhere(stop, env, device):
             break
@@ -118,6 +160,8 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
         loss_sum += loss.item() * y.numel()
         correct += (logits.argmax(1) == y).sum().item()
         count += y.numel()
+        if plog is not None:
+            plog.update(1)
     return loss_sum, correct, count
 
 
@@ -244,7 +288,8 @@ def _gather(obj: Any, env: DistEnv) -> list:
 
 def train(cfg: Any, run_dir: str | os.PathLike | None = None) -> dict:
     """Train ``cfg.model`` on ``cfg.dataset`` with ``cfg.train``; returns
-    ``{"best_acc", "final_acc", "ckpt", "run_dir"}`` (accuracies as fractions)."""
+    ``{"best_acc", "best_epoch", "final_acc", "ckpt", "run_dir"}`` (accuracies as fractions) and prints one line
+    (:func:`final_line`)."""
     rc = check_config(cfg)
     config = dict(to_plain(cfg))
     ckpt_path = Path(rc.train.ckpt_path) if rc.train.ckpt_path else default_ckpt_path(config)
@@ -314,7 +359,7 @@ def _train(rc: TrainRunConfig, config: dict, env: DistEnv, device: torch.device,
     model, spec = build_model(config["model"], bundle.num_classes, bundle.model_kwargs)
     if resume is not None:
         check_resume(resume, config, spec, last_path)
-    check_input(model, bundle.train[0][0].unsqueeze(0), spec, bundle.name)
+    check_input(model, bundle.train[0][0].unsqueeze(0), spec, bundle.name, bundle.num_classes)
     model = model.to(device)
     cuda = device.type == "cuda"
     amp, channels_last = t.amp and cuda, t.channels_last and cuda and len(bundle.input_shape) == 3
@@ -330,7 +375,7 @@ def _train(rc: TrainRunConfig, config: dict, env: DistEnv, device: torch.device,
     test_loader = build_loader(test_ds, max(1, t.eval_batch_size // env.world_size), shuffle=False,
                                num_workers=t.num_workers)
 
-    start_epoch, best_acc = 0, 0.0
+    start_epoch, best_acc, best_epoch = 0, 0.0, None
     if env.enabled:  # identical init everywhere (DDP also broadcasts), distinct dropout streams
         seed_everything(seed + env.rank, deterministic=t.deterministic)
     if resume is not None:
@@ -344,12 +389,14 @@ def _train(rc: TrainRunConfig, config: dict, env: DistEnv, device: torch.device,
                             f"{env.world_size}; resume with the same number of processes")
         restore_rng_state(rngs[env.rank], gens)
         start_epoch, best_acc = int(resume["epoch"]), float(resume["best_acc"])
+        best_epoch = resume.get("best_epoch")
         log.info("resumed from %s at epoch %d (best acc %.4f)", last_path, start_epoch, best_acc)
     net: nn.Module = model
     if env.enabled:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
 
     progress = t.progress and env.is_main and sys.stderr.isatty()
+    log_progress = t.progress and env.is_main and not progress
     name, ds_name = spec["name"], rc.dataset["name"]
     base = {"config": config, "artifacts": bundle.artifacts, "model_name": name, "model_spec": spec,
             "model_kwargs": spec["kwargs"], "num_classes": bundle.num_classes,
@@ -373,7 +420,8 @@ def _train(rc: TrainRunConfig, config: dict, env: DistEnv, device: torch.device,
             lr = optimizer.param_groups[0]["lr"]
             sums = train_one_epoch(net, train_loader, optimizer, scaler, device, amp, channels_last,
                                    t.label_smoothing, t.max_steps_per_epoch, progress,
-                                   desc=f"epoch {epoch + 1}/{t.epochs}", stop=signals, env=env)
+                                   desc=f"epoch {epoch + 1}/{t.epochs}", stop=signals, env=env,
+                                   log_progress=log_progress)
             if _stop_everywhere(signals, env, device):
                 # epoch > 0: _last.pt holds this run's state after `epoch` epochs (saved by it, or resumed from)
                 signum = signals.requested or signal.SIGTERM
@@ -386,6 +434,8 @@ def _train(rc: TrainRunConfig, config: dict, env: DistEnv, device: torch.device,
                                            t.max_eval_batches, env)
             last_acc, done = test_acc, done + 1
             is_best = test_acc > best_acc or not ckpt_path.is_file()      # the first epoch is the best so far
+            if test_acc > best_acc or (best_epoch is None and resume is None):      # the epoch best_acc is of
+                best_epoch = epoch + 1
             best_acc = max(best_acc, test_acc)
             rngs = _gather(capture_rng_state(gens), env)
             metrics = {"epoch": epoch + 1, "train_loss": loss_sum / max(count, 1),
@@ -397,7 +447,8 @@ def _train(rc: TrainRunConfig, config: dict, env: DistEnv, device: torch.device,
                 rlog.log(metrics, step=epoch + 1)
                 state = {**base, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                          "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                         "rng": rngs, "epoch": epoch + 1, "best_acc": best_acc, "test_acc": test_acc}
+                         "rng": rngs, "epoch": epoch + 1, "best_acc": best_acc, "best_epoch": best_epoch,
+                         "test_acc": test_acc}
                 if is_best:
                     save_checkpoint(ckpt_path, state)
                 save_checkpoint(last_path, state)
@@ -406,9 +457,18 @@ def _train(rc: TrainRunConfig, config: dict, env: DistEnv, device: torch.device,
                          test_acc, lr, metrics["seconds"])
         if last_acc is None and resume is not None:  # nothing left to train
             last_acc = float(resume.get("test_acc", resume["best_acc"]))
-        result = {"best_acc": best_acc, "final_acc": last_acc, "ckpt": str(ckpt_path),
+        result = {"best_acc": best_acc, "best_epoch": best_epoch, "final_acc": last_acc, "ckpt": str(ckpt_path),
                   "run_dir": str(run_dir)}
         rlog.log_summary({**result, "epochs_done": done, "versions": base["versions"]})     # W&B, summary.json
         if env.is_main:                                  # summary.json again, last, naming the set it commits
             commit_in_place(run_dir, RESULT_FILES, rlog.summary, marker=SUMMARY)
+            print(final_line(result), flush=True)
     return result
+
+
+def final_line(result: Mapping) -> str:
+    """The line a training ends with: the best test accuracy, its epoch, the checkpoint that holds it."""
+    epoch = result.get("best_epoch")
+    return (f"train_ann: best test accuracy {100 * result['best_acc']:.2f} % at epoch "
+            f"{epoch if epoch is not None else '? (resumed from an older state)'}; checkpoint {result['ckpt']}; "
+            f"run dir {result['run_dir']}")

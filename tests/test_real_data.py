@@ -285,9 +285,27 @@ def test_compare_and_claims_smoke_on_synthetic_fashion(tmp_path, monkeypatch):
 
     claims_md = out.read_text()
     rows = [line for line in claims_md.splitlines() if line.startswith("| ") and not line.startswith("| claim")]
-    assert len(rows) == 15
+    assert len(rows) == 12
     assert all(line.rstrip(" |").rsplit("| ", 1)[-1] in (cl.HOLDS, cl.FAILS, cl.UNSURE) for line in rows)
     burst = by_key["burst_relu"]
     e_t = str(ctx.steps[-1])
     assert f"{burst['energy_at'][e_t]['ratio']:.3f}" in claims_md                # the energy row reads its runs
     assert (results / "claims_fashion_mnist_sin.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_profiles_name_checkpoints_and_rows(tmp_path, monkeypatch):
+    prof = cm.load_profile("fashion_mnist", "resnet20")
+    assert prof.tag == "w8" and prof.seeds == (0, 1, 2) and prof.t_grid[-1] >= 64
+    jobs = cm.rows(prof.t_grid[-1], prof)
+    first = [j for j in jobs if j.seed == 0]
+    assert {j.method for j in first} == set(cm.list_methods())            # every registered method ...
+    assert len({j.method for j in first}) == len(first)                    # ... once, with its defaults
+    assert sorted((j.method, j.seed) for j in jobs if j.seed) == [("if_max", 1), ("if_max", 2), ("msat", 1), ("msat", 2)]
+    assert cm.ckpt_path(tmp_path, "fashion_mnist", "resnet20", "qcfs", prof, 0).name == "fashion_mnist_resnet20_w8_qcfs_s0.pt"
+    assert cm.ckpt_path(tmp_path, "digits", "digits_cnn", "relu").name == "digits_digits_cnn.pt"   # no profile
+    assert cm.load_profile("digits", "digits_cnn") == cm.Profile()
+    (tmp_path / "conf" / "compare").mkdir(parents=True)
+    (tmp_path / "conf" / "compare" / "x_y.yaml").write_text("tag: a\nsedes: [0]\n")
+    monkeypatch.setattr(cm, "REPO", tmp_path)
+    with pytest.raises(cm.UserError, match="unknown keys"):
+        cm.load_profile("x", "y")

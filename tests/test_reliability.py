@@ -1,14 +1,18 @@
 """Reliability, round two: results edited after their run committed them, two multiruns into one sweep
-directory, devices and checkpoint paths that are not there, the package's listing functions, and the library's
-input errors in ``msat.simulate`` / ``msat.convert``. Command-line cases run the real entry points: exit code 2,
-exactly one ``error:`` line, no traceback, nothing left behind."""
+directory, devices and checkpoint paths that are not there, the package's listing functions, the library's
+input errors in ``msat.simulate`` / ``msat.convert``; custom models that cannot be built or give no logits, paths
+that cannot be written, numbers torch cannot take, degenerate splits, multiruns checked up front and reporting
+failed jobs, what a run prints and logs, SIGTERM during calibration, reproduce's quiet jobs. Command-line cases
+run the real entry points: exit code 2, exactly one ``error:`` line, no traceback, nothing left behind."""
 from __future__ import annotations
 
 import copy
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +22,13 @@ import torch.nn as nn
 from hydra import compose, initialize_config_dir
 
 import msat
+from experiments import reproduce
+from experiments.reproduce import error_lines, run_cmd
 from msat.cli import SWEEP_LOCK_OVERRIDE, with_sweep_lock
 from msat.conversion import ConversionError
 from msat.runs import CheckpointLock, Staging, SweepLock, commit_in_place, load_run
 from msat.simulation import SimulationError
+from msat.training import ProgressLog
 from msat.utils import UserError, resolve_device
 
 REPO = Path(__file__).resolve().parents[1]
@@ -366,3 +373,238 @@ def test_convert_reads_an_iterator_of_batches_once():
     batches = iter([(CALIB, torch.zeros(8)), (CALIB.flip(0), torch.zeros(8)), (CALIB + 1, torch.zeros(8))])
     snn = msat.convert(model, batches, {"calib": {"batches": 2}})
     assert snn.cost.calib_images == 16 and next(batches)[0].equal(CALIB + 1)
+
+
+# ----------------------------------------------------------------------------- G: refused before any compute
+
+def nothing_left(tmp_path: Path, *keep: str) -> bool:
+    """``tmp_path`` holds nothing but ``keep`` (the files a test made itself)."""
+    return sorted(p.name for p in tmp_path.iterdir()) == sorted(keep)
+
+
+CUSTOM_TARGETS = [
+    ("train_ann.py", ("model._target_=nosuch.mod.Net",),
+     "error: model._target_='nosuch.mod.Net': there is no module 'nosuch'"),
+    ("convert_eval.py", ("model._target_=msat.models.NoSuch",),
+     "error: model._target_='msat.models.NoSuch': msat.models has no attribute 'NoSuch'"),
+    ("train_ann.py", ("model._target_=torch.nn.Flatten",),
+     "error: model 'custom' returns shape (1, 64) for a batch of 1, not the logits (1, 10); dataset 'digits' has "
+     "10 classes"),
+    ("train_ann.py", ("model._target_=torch.nn.AdaptiveMaxPool2d", "+model.kwargs.output_size=1",
+                      "+model.kwargs.return_indices=true"),
+     "error: model 'custom' returns a tuple of 2, not one tensor of logits (1, 10)"),
+    ("convert_eval.py", ("model._target_=torch.nn.Linear", "+model.kwargs.in_features=8", "+model.kwargs.out_features=5"),
+     "error: model 'custom' returns shape (1, 1, 8, 5) for a batch of 1, not the logits (1, 10)"),
+]
+
+
+@pytest.mark.parametrize("script, args, message", CUSTOM_TARGETS, ids=[a[0] for _, a, _ in CUSTOM_TARGETS])
+def test_a_custom_model_that_cannot_be_built_or_gives_no_logits(tmp_path, script, args, message):
+    torch.save(nn.Linear(8, 5).state_dict(), tmp_path / "linear.pt")          # a bare state dict: no model spec
+    extra = [f"ckpt={tmp_path / 'linear.pt'}", "T=4"] if script == "convert_eval.py" else ["train.epochs=1"]
+    line = one_line(run(script, "logger=none", "model=custom", *args, *extra, f"paths.output_dir={tmp_path / 'out'}",
+                        f"paths.ckpt_dir={tmp_path / 'ck'}"))
+    assert line.startswith(message), line
+    assert nothing_left(tmp_path, "linear.pt")
+
+
+def _unwritable(kind: str, tmp: Path) -> tuple[str, list[str], str]:
+    (tmp / "a_file").write_text("x")
+    return {
+        "output dir in /proc": ("convert_eval.py", ["paths.output_dir=/proc/msat_x"],
+                                "error: cannot create the run directory /proc/msat_x/convert_eval/convert_eval/"),
+        "run dir under a file": ("convert_eval.py", [f"hydra.run.dir={tmp / 'a_file' / 'x'}"],
+                                 f"error: cannot create the run directory {tmp / 'a_file' / 'x'}: {tmp / 'a_file'} is "
+                                 "a regular file, not a directory"),
+        "training run dir under a file": ("train_ann.py", [f"hydra.run.dir={tmp / 'a_file' / 'x'}"],
+                                          "error: cannot create the run directory"),
+        "ckpt_path a directory": ("train_ann.py", [f"train.ckpt_path={tmp}"],
+                                  f"error: checkpoint path {tmp} is a directory, not a file training can write"),
+        "ckpt dir in /proc": ("train_ann.py", ["paths.ckpt_dir=/proc/msat_ck"],
+                              "error: cannot write checkpoint /proc/msat_ck/digits_digits_cnn.pt: /proc takes no new"),
+        "name up and out": ("convert_eval.py", ["name=../../x"], "error: name='../../x' is not a plain run name"),
+        "absolute name": ("convert_eval.py", [f"name={tmp / 'abs'}"], f"error: name='{tmp / 'abs'}' is not a plain"),
+    }[kind]
+
+
+@pytest.mark.parametrize("kind", ["output dir in /proc", "run dir under a file", "training run dir under a file",
+                                  "ckpt_path a directory", "ckpt dir in /proc", "name up and out", "absolute name"])
+def test_paths_that_cannot_be_written_are_refused_before_anything_is_made(ckpt_dir, tmp_path, kind):
+    script, args, message = _unwritable(kind, tmp_path)
+    line = one_line(run(script, "logger=none", f"paths.ckpt_dir={ckpt_dir}", f"paths.output_dir={tmp_path / 'out'}",
+                        "T=4" if script == "convert_eval.py" else "train.epochs=1", *args))
+    assert line.startswith(message), line
+    assert nothing_left(tmp_path, "a_file") and not Path("/proc/msat_x").exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_output_directory_is_refused(ckpt_dir, tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir(mode=0o555)
+    line = one_line(run("convert_eval.py", "logger=none", f"paths.ckpt_dir={ckpt_dir}", f"paths.output_dir={ro / 'x'}"))
+    assert "takes no new folders (permission denied)" in line and not any(ro.iterdir())
+
+
+NUMBERS = [
+    ("convert_eval.py", "seed=18446744073709551616", "error: seed=18446744073709551616 is outside 0..4294967295"),
+    ("train_ann.py", "seed=-1", "error: seed=-1 is outside 0..4294967295"),
+    ("train_ann.py", "dataset.test_fraction=1.0", "error: dataset.test_fraction=1.0 leaves 0 training images of "
+                                                  "digits' 1797"),
+    ("convert_eval.py", "dataset.test_fraction=0.0", "error: dataset.test_fraction=0.0 leaves 0 test images"),
+    ("train_ann.py", "dataset.n_train=0", "error: dataset.n_train=0: the training split of synthetic_digits would be "
+                                          "empty"),
+]
+
+
+@pytest.mark.parametrize("script, arg, message", NUMBERS, ids=[a for _, a, _ in NUMBERS])
+def test_numbers_python_or_torch_cannot_take(tmp_path, script, arg, message):
+    data = ["dataset=synthetic_digits"] if "n_train" in arg else []
+    line = one_line(run(script, "logger=none", f"paths.ckpt_dir={tmp_path / 'ck'}", f"paths.output_dir={tmp_path}",
+                        *data, arg))
+    assert line.startswith(message), line
+    assert nothing_left(tmp_path)
+
+
+# ----------------------------------------------------------------------------- H: multiruns
+
+@pytest.mark.parametrize("sweep, message", [
+    (("ckpt=/nope1,/nope2",), "error: job 0 of 2 (ckpt=/nope1): checkpoint not found: /nope1"),
+    (("method=msat,nosuch",), "unknown method option 'nosuch'"),
+    (("T=4", "seed=0,18446744073709551616"), "error: job 1 of 2 (seed=18446744073709551616): seed="),
+])
+def test_every_job_of_a_multirun_is_checked_before_the_first_starts(ckpt_dir, tmp_path, sweep, message):
+    sweep_dir = tmp_path / "sweep"
+    line = one_line(run("convert_eval.py", "-m", "logger=none", f"paths.ckpt_dir={ckpt_dir}",
+                        f"paths.output_dir={tmp_path / 'out'}", f"hydra.sweep.dir={sweep_dir}", *sweep))
+    assert message in line, line
+    assert nothing_left(tmp_path)                                   # no sweep directory, no job folder
+
+
+def test_a_job_that_fails_at_run_time_does_not_stop_the_others(ckpt_dir, tmp_path):
+    """A checkpoint that is a file but not a checkpoint passes the checks up front and fails in its job: the other
+    job completes, the sweep ends with its table (stdout) and one line per failed job (stderr), exit 2."""
+    bad = tmp_path / "notes.pt"
+    bad.write_text("not a checkpoint")
+    good = ckpt_dir / "digits_digits_cnn.pt"
+    sweep = tmp_path / "sweep"
+    r = run("convert_eval.py", "-m", "logger=none", "sim.progress=false", f"paths.output_dir={tmp_path / 'out'}",
+            f"hydra.sweep.dir={sweep}", "T=4", f"ckpt={bad},{good}")
+    line = one_line(r)
+    assert line.startswith(f"error: job 0 (ckpt={bad}) failed: {bad} is not a readable checkpoint"), line
+    assert line.endswith(f"(log: {sweep / '0' / 'convert_eval.log'})")
+    acc = load_run(sweep / "1")["acc"][-1]
+    table = r.stdout[r.stdout.index(f"multirun {sweep}: 2 jobs, 1 failed"):].splitlines()
+    assert table[1].split() == ["job", "overrides", "acc@T4"]
+    assert table[2].split()[0] == "0" and table[2].split()[1].endswith("/notes.pt") and table[2].endswith("failed")
+    assert table[3].split()[0] == "1" and table[3].split()[1].endswith("/digits_digits_cnn.pt")
+    assert table[3].endswith(f"{100 * acc:.2f} %")
+    assert not (sweep / ".msat_jobs.jsonl").exists()
+    with SweepLock(sweep):                                           # released at the end
+        pass
+
+
+# ----------------------------------------------------------------------------- I: what a run says
+
+def test_a_run_says_what_it_does_and_logs_progress_off_a_terminal(ckpt_dir, tmp_path):
+    d = tmp_path / "run"
+    r = run("convert_eval.py", "logger=none", f"paths.ckpt_dir={ckpt_dir}", f"hydra.run.dir={d}", "T=4")
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = r.stdout.splitlines()
+    assert lines[0] == f"convert_eval: method msat, model digits_cnn, dataset digits, T=4; run dir {d}"
+    m = load_run(d)
+    assert lines[-1].startswith(f"convert_eval: ANN {100 * m['ann_acc']:.2f} %, SNN {100 * m['acc'][-1]:.2f} % at "
+                                f"T=4, lossless ") and lines[-1].endswith(f"files in {d} (metrics.json, acc_curve.csv, "
+                                                                          "plots)")
+    assert any(line.startswith("| 4 |") for line in lines)         # the per-T table is still there
+    progress = [line for line in (d / "convert_eval.log").read_text().splitlines() if "simulate T=4:" in line]
+    assert progress and "[msat.evaluate][INFO] - simulate T=4: 450/450 images (100 %), " in progress[-1]
+    assert all("images/s" in line and line.endswith(" left") for line in progress)
+
+
+def test_training_ends_with_its_best_epoch_and_checkpoint(tmp_path):
+    r = run("train_ann.py", "logger=none", "train.epochs=2", f"paths.ckpt_dir={tmp_path / 'ck'}",
+            f"hydra.run.dir={tmp_path / 'run'}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    ckpt = torch.load(tmp_path / "ck" / "digits_digits_cnn.pt", weights_only=True)
+    assert r.stdout.splitlines()[-1] == (f"train_ann: best test accuracy {100 * summary['best_acc']:.2f} % at epoch "
+                                         f"{ckpt['epoch']}; checkpoint {tmp_path / 'ck' / 'digits_digits_cnn.pt'}; "
+                                         f"run dir {tmp_path / 'run'}")
+    assert summary["best_epoch"] == ckpt["epoch"] == ckpt["best_epoch"]
+
+
+def test_progress_log_lines(caplog):
+    caplog.set_level("INFO", logger="msat.training")
+    p = ProgressLog(450, "simulate T=8", "images", done=128)
+    for _ in range(3):
+        p.update(100)
+    lines = [r.getMessage() for r in caplog.records]
+    assert [line.split(" images (")[0] for line in lines] == ["simulate T=8: 228/450", "simulate T=8: 328/450",
+                                                                "simulate T=8: 428/450"]
+    assert all("images/s" in line and line.endswith(" left") for line in lines)
+    caplog.clear()
+    quiet = ProgressLog(10, "epoch 1/3", "batches", min_seconds=30.0)
+    for _ in range(10):
+        quiet.update(1)
+    assert not caplog.records                                         # short work stays quiet
+
+
+def test_sigterm_during_a_long_calibration_stops_within_a_second(ckpt_dir, tmp_path):
+    d = tmp_path / "run"
+    p = subprocess.Popen([sys.executable, "convert_eval.py", "logger=none", f"paths.ckpt_dir={ckpt_dir}", "T=8",
+                          "method=snn_calib_advanced", "method.calib_T=4096", f"hydra.run.dir={d}"], cwd=REPO,
+                         env=dict(os.environ, OMP_NUM_THREADS="1"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+    t0 = time.time()
+    while not ((d / ".lock").is_file() and (d / ".lock").stat().st_size > 0):
+        assert p.poll() is None and time.time() - t0 < 120, p.stderr.read() if p.poll() is not None else "timeout"
+        time.sleep(0.02)
+    time.sleep(1.0)                                                   # inside the calibration
+    p.send_signal(signal.SIGTERM)
+    t1 = time.time()
+    out, err = p.communicate(timeout=60)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert p.returncode == 143 and "Traceback" not in err, err[-3000:]
+    assert time.time() - t1 < 3.0                                    # about a second (a loaded machine: some slack)
+    assert lines[-1].startswith("interrupted: SIGTERM: stopped while "), lines[-1]
+    assert "before the first test batch, so nothing was saved; resume with: python convert_eval.py" in lines[-1]
+    assert f"resume=true hydra.run.dir={d}" in lines[-1] and not (d / "metrics.json").exists()
+
+
+# ----------------------------------------------------------------------------- J: reproduce's jobs
+
+def test_reproduce_jobs_print_one_line_each_and_their_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("MSAT_VERBOSE", raising=False)
+    code = "import sys; print('lots of output'); print('error: the one line that matters', file=sys.stderr); " \
+           "sys.exit(2)"
+    with pytest.raises(RuntimeError) as e:
+        run_cmd([sys.executable, "-c", code, f"hydra.run.dir={tmp_path / 'job'}"], "a job")
+    log = tmp_path / "job.log"
+    assert str(e.value) == f"a job failed: the one line that matters (full output: {log})"
+    assert "lots of output" in log.read_text()
+    run_cmd([sys.executable, "-c", "print('fine')", f"hydra.sweep.dir={tmp_path / 'sweep'}"], "another job")
+    out = capsys.readouterr()
+    assert out.out.splitlines() == [f"a job (log: {log}) ... failed",
+                                    f"another job (log: {tmp_path / 'sweep.log'}) ... " +
+                                    out.out.splitlines()[1].split(" ... ")[1]]
+    assert out.out.splitlines()[1].endswith(" s") and "lots of output" not in out.out + out.err
+    jobs = ["error: job 0 (model=a) failed: dataset 'x' is not available (log: /w/0/train_ann.log)",
+            "error: job 1 (model=b) failed: dataset 'x' is not available (log: /w/1/train_ann.log)"]
+    assert error_lines("\n".join(["[2026][msat.cli][ERROR] - error: dataset 'x' is not available", *jobs])) == \
+        ["2 jobs failed: dataset 'x' is not available"]
+    assert error_lines("[2026][msat.cli][ERROR] - error: once\n") == ["once"]
+
+
+@pytest.mark.skipif((REPO / "data" / "cifar10").exists(), reason="CIFAR-10 is here: the target would train")
+def test_reproduce_without_the_data_says_the_one_line_that_matters(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("MSAT_VERBOSE", raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    code = reproduce.main(["table3", "--work-dir", str(tmp_path / "work"), "--ckpt-dir", str(tmp_path / "ck")])
+    out = capsys.readouterr()
+    err = [line for line in out.err.splitlines() if line.strip()]
+    assert code == 2 and len(err) == 1 and "Traceback" not in out.out + out.err, out.err
+    assert err[0].startswith("error: training cifar10 / resnet20,vgg16 failed: 2 jobs failed: dataset 'cifar10' is "
+                             "not available under root"), err[0]
+    assert err[0].endswith(f"(full output: {tmp_path / 'work' / 'table3' / 'train' / 'cifar10.log'})")
+    assert out.out.splitlines() == [f"training cifar10 / resnet20,vgg16 (log: "
+                                    f"{tmp_path / 'work' / 'table3' / 'train' / 'cifar10.log'}) ... failed"]

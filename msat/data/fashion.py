@@ -175,6 +175,8 @@ def build_fashion_mnist(cfg, calib_transform: str = "test") -> DataBundle:
     root = locate(cfg)
     xtr, ytr, mean, std = _tensors(root, True, pad_to)
     xte, yte, _, _ = _tensors(root, False, pad_to, mean, std)
+    if cfg.get("test_images"):
+        xte, yte = xte[:int(cfg["test_images"])], yte[:int(cfg["test_images"])]
     crop = int(cfg["crop_padding"])
     train = Augmented(xtr, ytr, crop, flip=bool(cfg["flip"])) if cfg["augment"] else TensorDataset(xtr, ytr)
     calib = {"test": TensorDataset(xtr, ytr), "train": train, "crop_flip": Augmented(xtr, ytr, crop)}[calib_transform]

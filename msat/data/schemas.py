@@ -51,9 +51,12 @@ class FashionMNISTConfig(DatasetConfig):
     augment: bool = param(True, "random crop + horizontal flip in the training transform")
     crop_padding: int = param(2, "random crop: zero padding on each side before the crop")
     flip: bool = param(True, "random horizontal flip in the training transform")
+    test_images: Optional[int] = param(None, "use only the first N test images (null: all 10,000)")
 
     def check(self, where: str = "dataset") -> None:
         super().check(where)
+        if self.test_images is not None and not 1 <= self.test_images <= 10000:
+            raise ConfigError(f"{where}.test_images must be in 1..10000 or null, got {self.test_images}")
         if self.pad_to is not None and self.pad_to < 28:
             raise ConfigError(f"{where}.pad_to must be >= 28 (the image side) or null, got {self.pad_to}")
         if self.crop_padding < 0:

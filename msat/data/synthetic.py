@@ -14,6 +14,15 @@ from torch.utils.data import TensorDataset
 from .base import DataBundle, DatasetError
 
 
+def check_sizes(cfg) -> None:
+    """Both splits of a synthetic dataset hold at least one sample (``n_train``, ``n_test``)."""
+    for key in ("n_train", "n_test"):
+        if int(cfg[key]) < 1:
+            split = "training" if key == "n_train" else "test"
+            raise DatasetError(f"dataset.{key}={cfg[key]}: the {split} split of {cfg['name']} would be empty; "
+                               "give at least 1")
+
+
 def _generator(cfg, offset: int = 0) -> torch.Generator:
     g = torch.Generator()
     g.manual_seed(int(cfg["seed"]) + offset)
@@ -26,6 +35,7 @@ def _labels(n: int, num_classes: int, g: torch.Generator) -> torch.Tensor:
 
 
 def _images(cfg, size: int, channels: int = 3, model_kwargs: dict | None = None) -> DataBundle:
+    check_sizes(cfg)
     c, k = int(cfg["num_classes"]), int(cfg["pattern_size"])
     g = _generator(cfg)
     # one low-resolution pattern per class, upsampled so that crops and pooling keep the signal
@@ -66,6 +76,7 @@ def build_synthetic_imagenet(cfg) -> DataBundle:
 
 def build_synthetic_speech(cfg) -> DataBundle:
     """(1, num_samples) waveforms: a class-specific tone (random phase and gain) plus noise."""
+    check_sizes(cfg)
     c, n_samp = int(cfg["num_classes"]), int(cfg["num_samples"])
     sr, noise = float(cfg["sample_rate"]), float(cfg["noise"])
     freqs = 200.0 + 3000.0 * torch.arange(c, dtype=torch.float32) / max(c - 1, 1)   # (C,) Hz, below Nyquist
@@ -88,6 +99,7 @@ def build_synthetic_speech(cfg) -> DataBundle:
 def build_synthetic_imdb(cfg, artifacts: dict | None = None) -> DataBundle:
     """Token-id sequences (max_len,) over a fake vocabulary ``<pad>, <unk>, w2, w3, ...``: random
     filler tokens of random length with ``markers`` tokens specific to the class mixed in."""
+    check_sizes(cfg)
     c, words = int(cfg["num_classes"]), int(cfg["vocab_size"])
     max_len, n_mark = int(cfg["max_len"]), int(cfg["markers"])
     vocab = list((artifacts or {}).get("vocab") or [])

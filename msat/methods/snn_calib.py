@@ -27,6 +27,7 @@ training loader.
 """
 from __future__ import annotations
 
+import signal
 from dataclasses import dataclass, replace
 from typing import Optional
 
@@ -34,6 +35,7 @@ import torch
 
 from ..config import ConfigError, MethodConfig, param
 from ..simulation import Observer, simulate
+from ..utils import Interrupted, StopSignals, hydra_run_dir, resume_command
 from . import register_method
 from .base import CalibContext, Method
 
@@ -62,6 +64,28 @@ class SNNCalibConfig(MethodConfig):
         if T is None:
             raise ConfigError("method.calib_T defaults to the run's T: set method.calib_T or give T")
         return replace(self, calib_T=T)
+
+
+def stop_requested() -> Optional[int]:
+    """The signal (SIGINT / SIGTERM) that the run's :class:`msat.utils.StopSignals` caught, if any: the handler
+    installed in this process is read, so the calibration loops need no handle of the run (a cheap check)."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        owner = getattr(signal.getsignal(sig), "__self__", None)
+        if isinstance(owner, StopSignals) and owner.requested:
+            return owner.requested
+    return None
+
+
+def check_stop(where: str) -> None:
+    """Raise :class:`Interrupted` with the resume line once a stop was requested: a long calibration (calib_T in
+    the hundreds) honours SIGTERM within a chunk of steps instead of after the whole calibration."""
+    signum = stop_requested()
+    if signum is None:
+        return
+    run_dir = hydra_run_dir()
+    cmd = resume_command("resume=true", *([f"hydra.run.dir={run_dir}"] if run_dir is not None else []))
+    raise Interrupted(f"{signal.Signals(signum).name}: stopped while {where}, before the first test batch, so "
+                      f"nothing was saved; resume with: {cmd}", signum)
 
 
 def _channel_view(x: Tensor) -> Tensor:
@@ -103,6 +127,7 @@ class _Rate(Observer):
         self.name, self.total = name, None
 
     def on_spikes(self, name: str, spikes: Tensor, t0: int) -> None:
+        check_stop(f"calibrating layer {self.name} (SNN Calibration)")
         if name == self.name:
             s = spikes.sum(0)
             self.total = s if self.total is None else self.total + s
@@ -133,6 +158,7 @@ class SNNCalibLight(Method):
         found: dict = {}
 
         def record(neuron, x: Tensor) -> None:
+            check_stop(f"choosing the threshold of layer {neuron.name} (SNN Calibration)")
             theta = mmse_threshold(neuron.forward(x.detach()), p.calib_T, p.candidates, per_channel)
             found[neuron] = theta if neuron not in found else p.momentum * found[neuron] + (1 - p.momentum) * theta
 

@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import json
+import weakref
 from typing import Any, Callable, Mapping, Optional
 
+import torch
 import torch.nn as nn
 
 from ..config import ModelConfig, from_mapping
@@ -27,6 +30,9 @@ from .activations import apply_activation
 from .registry import _REGISTRY, create_model, list_models
 
 SPEC_KEYS = ("name", "kwargs", "act", "act_L", "arch", "weights", "_target_")
+
+# model -> the number of classes build_model built it for (what check_input expects of its output)
+_BUILT_FOR: "weakref.WeakKeyDictionary[nn.Module, int]" = weakref.WeakKeyDictionary()
 
 
 def model_spec(model_cfg: Any, data_kwargs: Optional[Mapping] = None) -> dict:
@@ -42,13 +48,35 @@ def model_spec(model_cfg: Any, data_kwargs: Optional[Mapping] = None) -> dict:
 
 
 def _import(path: str) -> Callable:
-    try:
-        from hydra.utils import get_object
-
-        return get_object(path)
-    except ImportError:  # the library core runs without Hydra
-        mod, _, attr = path.rpartition(".")
-        return getattr(importlib.import_module(mod), attr)
+    """The object at the import path ``path`` (``pkg.module.Name``); a module or attribute that is not there is one
+    :class:`UserError` naming the part that is missing."""
+    parts = path.split(".")
+    if len(parts) < 2 or not all(p.isidentifier() for p in parts):
+        raise UserError(f"model._target_={path!r} is not an import path (pkg.module.Name of your nn.Module class "
+                        "or factory)")
+    obj, i = None, len(parts) - 1
+    for i in range(len(parts) - 1, 0, -1):                # the longest prefix that is a module
+        name = ".".join(parts[:i])
+        try:
+            obj = importlib.import_module(name)
+            break
+        except ModuleNotFoundError as e:
+            if e.name is None or not (name == e.name or name.startswith(e.name + ".")):
+                raise UserError(f"model._target_={path!r}: importing {name} failed: {e}") from None
+        except Exception as e:  # the module's own code fails
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise UserError(f"model._target_={path!r}: importing {name} failed ({type(e).__name__}: {first})") \
+                from None
+    if obj is None:
+        raise UserError(f"model._target_={path!r}: there is no module {parts[0]!r} (not installed, or not on the "
+                        "Python path of the launch directory)")
+    for j in range(i, len(parts)):
+        if not hasattr(obj, parts[j]):
+            raise UserError(f"model._target_={path!r}: {'.'.join(parts[:j])} has no attribute {parts[j]!r}")
+        obj = getattr(obj, parts[j])
+    if not callable(obj):
+        raise UserError(f"model._target_={path!r} is a {type(obj).__name__}, not a class or factory")
+    return obj
 
 
 def _call(factory: Callable, what: str, kwargs: dict, num_classes: int) -> nn.Module:
@@ -142,7 +170,9 @@ def build_model(model_cfg: Any, num_classes: int, data_kwargs: Optional[Mapping]
             raise UserError(f"the checkpoint was trained with another model than this config builds ({shown}); "
                             "drop the overrides or point ckpt= at the matching checkpoint")
         spec = dict(saved)
-    return build_from_spec(spec, num_classes), spec
+    model = build_from_spec(spec, num_classes)
+    _BUILT_FOR[model] = int(num_classes)
+    return model, spec
 
 
 def _get(spec: Mapping, dotted: str) -> Any:
@@ -154,11 +184,19 @@ def _get(spec: Mapping, dotted: str) -> Any:
 
 
 
+_SITES: dict = {}      # (spec, classes) -> activation sites: the jobs of a multirun check one model once
+
+
 def activation_sites(spec: Mapping, num_classes: int) -> int:
     """Build the model on the meta device (no memory, no weights, no download) and count its activation
     call sites: checks the model's arguments before any data is read."""
-    import torch
+    key = json.dumps([spec, num_classes], sort_keys=True, default=str)
+    if key not in _SITES:
+        _SITES[key] = _count_sites(spec, num_classes)
+    return _SITES[key]
 
+
+def _count_sites(spec: Mapping, num_classes: int) -> int:
     from ..conversion import ConversionError, trace
     from .activations import QCFS
 
@@ -175,15 +213,16 @@ def activation_sites(spec: Mapping, num_classes: int) -> int:
     return sum(_is_relu(n, modules) for n in gm.graph.nodes)
 
 
-def check_input(model: nn.Module, x, spec: Mapping, dataset: str) -> None:
-    """The model must accept one sample of the dataset: a clear error instead of a deep traceback."""
-    import torch
-
+def check_input(model: nn.Module, x: torch.Tensor, spec: Mapping, dataset: str,
+                num_classes: Optional[int] = None) -> None:
+    """One forward of ``x`` (a batch of the dataset): the model must accept it and return one tensor of logits
+    ``(batch, num_classes)`` (``num_classes``: default the classes :func:`build_model` built it for). A clear
+    error instead of a deep traceback, or of accuracies computed from the wrong outputs."""
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            model(x)
+            out = model(x)
     except Exception as e:  # a shape mismatch, a wrong dtype, ...
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"model {spec['name']!r} does not accept the input of dataset {dataset!r} (one sample of "
@@ -191,6 +230,23 @@ def check_input(model: nn.Module, x, spec: Mapping, dataset: str) -> None:
                         "this dataset (model=...)") from None
     finally:
         model.train(was_training)
+    check_output(out, x.shape[0], num_classes if num_classes is not None else _BUILT_FOR.get(model), spec, dataset)
 
 
-__all__ = ["build_model", "build_from_spec", "model_spec", "activation_sites", "check_input"]
+def check_output(out: Any, batch: int, num_classes: Optional[int], spec: Mapping, dataset: str) -> None:
+    """``out`` must be one tensor ``(batch, num_classes)``: the logits training and conversion read."""
+    want = f"({batch}, {num_classes if num_classes is not None else 'classes'})"
+    head = f"model {spec['name']!r} returns"
+    if not isinstance(out, torch.Tensor):
+        kind = f"a {type(out).__name__}" + (f" of {len(out)}" if isinstance(out, (tuple, list, dict)) else "")
+        raise UserError(f"{head} {kind}, not one tensor of logits {want} for a batch of {batch} of dataset "
+                        f"{dataset!r}; make forward() return the logits only")
+    if out.dim() != 2 or out.shape[0] != batch or (num_classes is not None and out.shape[1] != num_classes):
+        classes = f"; dataset {dataset!r} has {num_classes} classes" if num_classes is not None else ""
+        raise UserError(f"{head} shape {tuple(out.shape)} for a batch of {batch}, not the logits {want}{classes}; "
+                        "build it for the dataset's classes (num_classes) and return (batch, classes)")
+    if not out.is_floating_point():
+        raise UserError(f"{head} {out.dtype} values, not floating-point logits {want}")
+
+
+__all__ = ["build_model", "build_from_spec", "model_spec", "activation_sites", "check_input", "check_output"]
