@@ -199,7 +199,8 @@ def extras(T_full: int, profile: cm.Profile, smoke: bool = False) -> list[Extra]
     sin = () if smoke else profile.sin_overrides           # the smoke stand-in has its own sizes
     out = [Extra("sin_msat", "msat", (f"T={T_full}", f"report_T=[{grid}]", *sin))]
     out += [Extra(f"sc_seed{s}", "msat_sc", (f"T={sc_t}", f"seed={s}")) for s in SC_SEEDS]
-    out.append(Extra("raw_msat", "msat", ("neuron.units=raw",)))
+    if profile.claims_raw:
+        out.append(Extra("raw_msat", "msat", ("neuron.units=raw",)))
     return out
 
 
@@ -209,8 +210,9 @@ def run_extras(jobs: Sequence[Extra], ckpt: Path, data: str, model: str, profile
     out = {}
     for job in jobs:
         run_dir = work / job.key
-        own = {o.split("=", 1)[0] for o in job.overrides}
-        base = [f"T={steps[-1]}", f"report_T=[{','.join(map(str, steps))}]"]
+        own = dict(o.split("=", 1) for o in job.overrides)
+        T = int(own.get("T", steps[-1]))
+        base = [f"T={T}", f"report_T=[{','.join(str(t) for t in steps if t <= T)}]"]
         cmd = [python_exe(), "convert_eval.py", f"method={job.method}", f"dataset={data}", f"model={model}",
                f"ckpt={ckpt}", *[o for o in base if o.split("=", 1)[0] not in own], f"lossless_tol={TOL}",
                "logger=none", "sim.progress=false", f"hydra.run.dir={run_dir}", "skip_done=true", "resume=true",
@@ -254,7 +256,8 @@ def claims_table(runs: Mapping[str, Mapping], extra: Mapping[str, Mapping], seed
     fixed, burst, vth = runs["if_max"], runs["burst"], runs["vth_scaled"]
     E = 64 if "64" in runs["msat"]["energy_at"] else len(runs["msat"]["acc"])
     rows = []
-    for units, m in (("normalized", runs["msat"]), ("raw", extra["raw_msat"])):
+    units_runs = [("normalized", runs["msat"])] + ([("raw", extra["raw_msat"])] if "raw_msat" in extra else [])
+    for units, m in units_runs:
         msat_seeds = seeds["msat"] if units == "normalized" else [m]
         fixed_seeds = seeds["if_max"] if units == "normalized" else [fixed]
         for tol, what in ((TOL, "ANN - 0.5 pp"), (0.0, "lossless")):
@@ -315,8 +318,10 @@ def claims(dataset: str = "fashion_mnist", model: str = "resnet20", smoke: bool 
     md = (head + f"ANN `{first['msat']['model_spec']['name']}` {first['msat']['model_spec']['kwargs']}, "
           f"{first['msat']['counts']['total']} test images, the runs of `{cm.results_name(dataset, model, ctx.profile)}.md` "
           f"plus {len(extra)} runs of their own (MSAT to T={T_full} for the SIN curve on "
-          f"{sin['counts']['total']} test images, MSAT + SC under SC seeds {', '.join(map(str, SC_SEEDS))}, MSAT in "
-          "the authors' raw units: claims 2-4 are in this project's normalized units only). Each verdict follows the rule stated "
+          f"{sin['counts']['total']} test images, MSAT + SC under SC seeds {', '.join(map(str, SC_SEEDS))}"
+          + (", MSAT in the authors' raw units: claims 2-4 are in this project's normalized units only)" if "raw_msat" in extra
+             else "; every claim in this project's normalized units only: the raw-unit run did not fit this budget, "
+                  "`claims_raw` in the profile)") + ". Each verdict follows the rule stated "
           "in `experiments/claims.py`, fixed before the numbers: `holds` needs the claimed direction on every ANN "
           f"seed and a paired McNemar test at p < {ALPHA} on the same images where the claim is about accuracy; "
           f"`{FAILS}` means the opposite direction was measured; `{UNSURE}` the rest. SIN shares and operation "

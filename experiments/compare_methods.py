@@ -1,19 +1,25 @@
 """``make compare-methods``: every registered conversion method on the same ANN, test split and T grid.
 
-    python -m experiments.compare_methods [--dataset digits --model digits_cnn] [--smoke]
+    python -m experiments.compare_methods [--dataset digits --model digits_cnn] [--smoke] [overrides ...]
 
-1. trains the ANNs the methods need when they are absent: the ReLU ANN
-   (``<ckpt_dir>/<dataset>_<model>.pt``, shared by every ReLU method) and the QCFS ANN
-   (``..._qcfs.pt``, ``model.act=qcfs``) for the methods that convert a QCFS-trained network;
+A (dataset, model) pair may have a profile, ``conf/compare/<dataset>_<model>.yaml`` (:class:`Profile`:
+model width and input padding, training epochs, ANN seeds, T grid, which rows also run on the other
+seeds); without one the digits defaults apply (T up to 256, one seed, every variant).
+
+1. trains (or resumes) the ANNs the rows need: the ReLU ANN of each seed and the QCFS twin
+   (``model.act=qcfs``) for the methods that convert a QCFS-trained network (:func:`ckpt_path`);
 2. runs one Hydra multirun of ``convert_eval.py``: one job per row, the rows coming from the method
    registry (``Method.variants``: e.g. SNN Calibration calibrated for T = 8, 32 and 256, robust norm
-   at 99.9 and 99.99, MSAT and SRP on both ANNs), all simulated to T = 256 on the whole test split;
-3. writes ``results/methods.md`` (a table per row: method, ANN and retraining, calibration cost,
-   accuracy at T = 1 ... 256, steps to ANN - 0.5 pp and to lossless, energy ratio and mean firing
-   rate at T = 64; then the methods' published anchors) and ``results/methods.png`` (accuracy vs T,
-   the ANNs dashed).
+   at 99.9 and 99.99, MSAT and SRP on both ANNs; a profile may keep each method's default only), each
+   job in ``runs/compare_<row key>``, simulated once to the last T of the grid on the whole test split;
+3. writes ``results/methods.md`` (profiled: ``methods_<dataset>_<model>.md``): per row the method, its
+   ANN and seed, calibration cost, accuracy at each T with its 95 % Wilson interval, steps to ANN - 0.5 pp
+   and to lossless, energy ratio and mean firing rate at T = 64; the negative spikes of signed-spike rows;
+   mean +- sd across ANN seeds; McNemar's paired test of every row against ``if_max`` and ``msat``; the
+   methods' published anchors; and the ``.png`` of accuracy vs T.
 
-Runs are identified by what ran (``metrics.json``: method, its parameters, the ANN), never by names.
+Runs are identified by what ran (``metrics.json``: method, its parameters, the ANN, the checkpoint's
+sha256), never by names: :func:`check_runs` refuses a run of another row or another checkpoint.
 ``--smoke`` runs the same pipeline on synthetic stand-ins (1 training epoch of 2 batches, T = 16) and
 writes to ``outputs/smoke/``. Nothing is tuned per method: every row takes its method's defaults.
 """
@@ -69,6 +75,7 @@ class Profile:
     sim_batch_size: int | None = None
     variants: str = "all"                    # all: every Method.variants row; first: each method's default row
     sin_overrides: tuple[str, ...] = ()      # claims: extra overrides of the long SIN run (e.g. fewer images)
+    claims_raw: bool = True                  # claims: also run MSAT in the authors' raw units
 
     @property
     def named(self) -> bool:

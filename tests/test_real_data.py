@@ -269,14 +269,15 @@ def test_compare_and_claims_smoke_on_synthetic_fashion(tmp_path, monkeypatch):
 
     ctx = cm.context("fashion_mnist", "resnet20", True, results, work, ckpt)
     runs, jobs = cm.load_comparison(ctx)
-    assert [j.seed for j in jobs].count(1) == 2 and [j.seed for j in jobs].count(2) == 2   # if_max, msat
+    n_seed_rows = len(ctx.profile.seed_methods)
+    assert [j.seed for j in jobs].count(1) == n_seed_rows == [j.seed for j in jobs].count(2)
     assert all(r["model_spec"]["kwargs"]["width"] == 8 and r["train_run"]["seed"] == j.seed
                for r, j in zip(runs, jobs))
     md = (results / "methods_fashion_mnist_resnet20.md").read_text()
     by_key = {j.key: r for r, j in zip(runs, jobs)}
-    msat0, msat_seeds = by_key["msat_relu"], [by_key["msat_relu"], by_key["msat_relu_s1"], by_key["msat_relu_s2"]]
+    msat0, ifs = by_key["msat_relu"], [by_key["if_max_relu"], by_key["if_max_relu_s1"], by_key["if_max_relu_s2"]]
     # the seeds table: mean +- sd of the three runs at T=16
-    m, sd = mean_sd([r["acc"][15] for r in msat_seeds])
+    m, sd = mean_sd([r["acc"][15] for r in ifs])
     assert f"{100 * m:.2f} +- {100 * sd:.2f}" in md
     # the paired table: MSAT vs IF at T=4, from the runs' per-image records
     ref = by_key["if_max_relu"]
@@ -285,7 +286,7 @@ def test_compare_and_claims_smoke_on_synthetic_fashion(tmp_path, monkeypatch):
 
     claims_md = out.read_text()
     rows = [line for line in claims_md.splitlines() if line.startswith("| ") and not line.startswith("| claim")]
-    assert len(rows) == 12
+    assert len(rows) == 9 + 3 * ctx.profile.claims_raw          # claims 1 (x2) and 5 again in raw units
     assert all(line.rstrip(" |").rsplit("| ", 1)[-1] in (cl.HOLDS, cl.FAILS, cl.UNSURE) for line in rows)
     burst = by_key["burst_relu"]
     e_t = str(ctx.steps[-1])
@@ -300,7 +301,8 @@ def test_profiles_name_checkpoints_and_rows(tmp_path, monkeypatch):
     first = [j for j in jobs if j.seed == 0]
     assert {j.method for j in first} == set(cm.list_methods())            # every registered method ...
     assert len({j.method for j in first}) == len(first)                    # ... once, with its defaults
-    assert sorted((j.method, j.seed) for j in jobs if j.seed) == [("if_max", 1), ("if_max", 2), ("msat", 1), ("msat", 2)]
+    assert sorted((j.method, j.seed) for j in jobs if j.seed) == sorted(
+        (m, s) for m in prof.seed_methods for s in (1, 2))
     assert cm.ckpt_path(tmp_path, "fashion_mnist", "resnet20", "qcfs", prof, 0).name == "fashion_mnist_resnet20_w8_qcfs_s0.pt"
     assert cm.ckpt_path(tmp_path, "digits", "digits_cnn", "relu").name == "digits_digits_cnn.pt"   # no profile
     assert cm.load_profile("digits", "digits_cnn") == cm.Profile()
