@@ -300,7 +300,8 @@ def paired_table(runs: Sequence[Mapping], jobs: Sequence[Row], paired_T: Sequenc
                     cells.append("-")
                     continue
                 m = mcnemar(outcomes(r, t), outcomes(ref, t))
-                cells.append(f"{100 * (r['acc'][t - 1] - ref['acc'][t - 1]):+.2f} (p={m['p']:.2g})")
+                pv = f"p={m['p']:.2g}" if m["p"] > 0 else "p<1e-300"        # below the float range
+                cells.append(f"{100 * (r['acc'][t - 1] - ref['acc'][t - 1]):+.2f} ({pv})")
         body.append([r["method"]["label"], ann_cell(r), *cells])
     return ("## Paired tests\n\nAccuracy difference (pp) of each row against max-norm IF and against MSAT at the "
             "same T, on the same test images, with the two-sided p-value of McNemar's exact test (only the images "
