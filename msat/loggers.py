@@ -151,7 +151,10 @@ class RunLogger:
         if self.wandb_run is not None:
             import wandb
 
-            self.wandb_run.log({name: wandb.Table(columns=list(columns), data=rows)})
+            try:
+                self.wandb_run.log({name: wandb.Table(columns=list(columns), data=rows)})
+            except OSError as e:   # W&B's media file could not be written (a full disk): finish() reports it
+                log.error("W&B table %s not written: %s", name, e)
 
     def log_summary(self, summary: Mapping[str, Any]) -> None:
         """Merge ``summary`` into ``summary.json`` and the W&B run summary."""

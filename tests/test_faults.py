@@ -85,7 +85,7 @@ BAD_EVAL = [
     (("+sim.chunck=8",), "unknown key sim.chunck; valid keys of sim: batch_size, chunk"),
     (("+model.kwargs.widht=16",), "widht"),
     (("neuron.alhpa=1",), "unknown key 'neuron.alhpa'; valid keys of neuron: use_dtt"),
-    (("method=nope",), "unknown method option 'nope'; valid options: burst, if_max"),
+    (("method=nope",), "unknown method option 'nope'; valid options: burst, cos, if_max"),
     (("neuron=msat",), "neuron is a group of keys"),
     (("+dataset.cutuot=8",), "unknown key dataset.cutuot"),
     (("T=1000000000",), "T=1000000000 needs about"),
