@@ -40,12 +40,12 @@ import yaml
 from experiments.reproduce import REPO, python_exe, run_cmd, show_path
 from msat import reporting as rp
 from msat.checkpoint import last_ckpt_path
-from msat.evaluate import file_sha256, steps_to_lossless
+from msat.evaluate import steps_to_lossless
 from msat.measure import unpack_outcomes
 from msat.methods import get_method, list_methods
 from msat.runs import load_run
 from msat.stats import mcnemar, mean_sd, wilson_interval
-from msat.utils import UserError, atomic_write_text
+from msat.utils import UserError, atomic_write_text, file_sha256
 
 T_GRID = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 SMOKE_T_GRID = (1, 2, 4, 8, 16)

@@ -35,7 +35,7 @@ from .checkpoint import default_ckpt_path, load_checkpoint, load_model_weights
 from .config import ConversionConfig, EvalConfig, conversion_config, from_mapping
 from .runs import RunLock, Staging, load_run
 from .training import ProgressLog
-from .utils import (DistEnv, Interrupted, StopSignals, UserError, all_reduce_sum, atomic_torch_save,
+from .utils import (DistEnv, file_sha256, Interrupted, StopSignals, UserError, all_reduce_sum, atomic_torch_save,
                     atomic_write_text, hydra_run_dir, resume_command, seed_everything,
                     setup_distributed, to_plain, versions)
 
@@ -271,14 +271,6 @@ def prepare(ecfg: EvalConfig, conv: ConversionConfig, resolved: dict, run_dir: P
     return Prepared(ecfg, conv, resolved, run_dir, env, device, ckpt_path, bundle, model, spec, snn, calib,
                     ckpt_sha, train_run)
 
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """sha256 of a file's bytes, read in blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ----------------------------------------------------------------------------- stage: simulate

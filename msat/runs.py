@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from .checkpoint import last_ckpt_path
-from .utils import DiskFullError, UserError, atomic_write_text, file_kind
+from .utils import DiskFullError, UserError, atomic_write_text, file_kind, file_sha256
 
 MARKER = "metrics.json"
 LOCK = ".lock"
@@ -147,12 +147,6 @@ def signed_json(result: Mapping[str, Any]) -> tuple[str, str]:
     return json.dumps({**body, SIGNATURE: sig}, indent=2) + "\n", sig
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class Staging:
@@ -189,7 +183,7 @@ class Staging:
         """Move the staged files into ``run_dir`` as one set; write ``metrics.json`` (``result`` plus the
         set's ``files`` manifest) last. Returns the result as written."""
         staged = sorted(p for p in self.dir.rglob("*") if p.is_file())
-        files = {str(p.relative_to(self.dir)): _sha256(p) for p in staged}
+        files = {str(p.relative_to(self.dir)): file_sha256(p) for p in staged}
         if MARKER in files:
             raise ValueError(f"{MARKER} is written by commit, not staged")
         out = {**result, "files": files}
@@ -287,7 +281,7 @@ def load_run(run_dir: str | os.PathLike, verify: bool = True) -> dict:
             state = "is missing" if not f.exists() else f"is {file_kind(f)}"
             raise UserError(f"{f} {state}, but {path} lists it in its set (removed after the run committed "
                             "it?); rerun the run")
-        if _sha256(f) != digest:
+        if file_sha256(f) != digest:
             raise UserError(f"{f} was changed after the run committed it (its sha256 differs from the one in "
                             f"{path}); rerun the run")
     return result
@@ -372,7 +366,7 @@ def commit_in_place(run_dir: str | os.PathLike, names: list[str], result: Mappin
     The run removes the old marker before it writes any file of its own, so until this commit the directory
     holds no result, never a marker of one run beside files of another. Returns the marker as written."""
     run_dir = Path(run_dir)
-    files = {n: _sha256(run_dir / n) for n in names if (run_dir / n).is_file()}
+    files = {n: file_sha256(run_dir / n) for n in names if (run_dir / n).is_file()}
     out = {**result, "files": files}
     text, out[SIGNATURE] = signed_json(out)
     atomic_write_text(run_dir / marker, text)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import hashlib
 import io
 import json
 import logging
@@ -152,6 +153,15 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
             raise UserError(f"device {name!r} requested but MPS has one device (mps)")
         return dev
     raise UserError(f"device {name!r} ({dev.type}) is not supported; use {DEVICE_CHOICES}")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 (hex) of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 # ----------------------------------------------------------------------------- atomic writes

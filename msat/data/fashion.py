@@ -22,7 +22,6 @@ training images (test transform unless ``calib.transform`` says otherwise), neve
 from __future__ import annotations
 
 import gzip
-import hashlib
 import os
 import struct
 
@@ -30,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from ..utils import atomic_write_bytes
+from ..utils import atomic_write_bytes, file_sha256
 from .base import DataBundle, DatasetError, dataset_root, unavailable
 
 FILES = {  # name -> (IDX magic, expected shape)
@@ -70,14 +69,9 @@ def check_idx(path: str, magic: int, shape: tuple, sha256: str | None = None) ->
     expected = 4 + 4 * len(shape) + int(torch.tensor(shape).prod())
     if size != expected:
         raise DatasetError(f"{path}: {size} bytes, expected {expected} for shape {tuple(shape)} (truncated or padded)")
-    if sha256 is not None:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        if h.hexdigest() != sha256:
-            raise DatasetError(f"{path}: sha256 {h.hexdigest()[:16]}... differs from the recorded Fashion-MNIST "
-                               f"{name} ({sha256[:16]}...): another or altered file")
+    if sha256 is not None and (found := file_sha256(path)) != sha256:
+        raise DatasetError(f"{path}: sha256 {found[:16]}... differs from the recorded Fashion-MNIST "
+                           f"{name} ({sha256[:16]}...): another or altered file")
 
 
 def _unpack_debian(debian_dir: str, raw: str) -> bool:
