@@ -21,7 +21,8 @@ kernels compiled, CUDA graphs captured); each figure is the median of ``--repeat
 
     python benchmarks/bench_sim.py --device cuda [--images 10000 --batch 500 --T 256 --repeats 3]
 
-Only the public API is used (``msat.create_model``, ``msat.convert``, ``msat.simulate``).
+Only the public API is used (``msat.create_model``, ``msat.convert``, ``msat.simulate`` with its
+``options``, a ``msat.config.EngineOptions``).
 """
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ import torch
 import torch.fx as fx
 
 import msat
+from msat.config import EngineOptions
 from msat.neurons import SpikingNeuron, reset_net
 from msat.pooling import SpikingPool
 
@@ -107,8 +109,9 @@ def cpu_speed(args: argparse.Namespace) -> dict:
              "simulate, IF (if_max)": lambda: msat.simulate(snn_if, x, T, chunk=args.chunk),
              "simulate, MSAT (msat)": lambda: msat.simulate(snn_msat, x, T, chunk=args.chunk)}
     if args.fused:
-        cases["simulate, IF, fused=True"] = lambda: msat.simulate(snn_if, x, T, chunk=args.chunk, fused=True)
-        cases["simulate, MSAT, fused=True"] = lambda: msat.simulate(snn_msat, x, T, chunk=args.chunk, fused=True)
+        fused = EngineOptions(fused=True)
+        cases["simulate, IF, fused=True"] = lambda: msat.simulate(snn_if, x, T, chunk=args.chunk, options=fused)
+        cases["simulate, MSAT, fused=True"] = lambda: msat.simulate(snn_msat, x, T, chunk=args.chunk, options=fused)
     if args.naive:
         cases["naive per-step loop (IF, NCHW)"] = lambda: naive_simulate(ann_nchw, x, T)
     for fn in cases.values():
@@ -173,12 +176,12 @@ def _tf32(precision: str) -> None:
 def gpu_case(model_name: str, method: str, precision: str, args: argparse.Namespace, images: torch.Tensor) -> dict:
     snn, _ = build(model_name, method, args.batch, "cuda")
     batches = images.split(args.batch)
-    sim = dict(precision=precision)
+    opts = EngineOptions(precision=precision)
 
     def run_sim() -> torch.Tensor:
         preds = []
         for x in batches:
-            out = msat.simulate(snn, x, args.T, chunk=args.chunk, **sim)
+            out = msat.simulate(snn, x, args.T, chunk=args.chunk, options=opts)
             preds.append(out.sum(0).argmax(-1))
         return torch.cat(preds)
 
@@ -199,8 +202,8 @@ def gpu_case(model_name: str, method: str, precision: str, args: argparse.Namesp
         torch.cuda.synchronize()
         return start.elapsed_time(end) / 1000.0
 
-    msat.simulate(snn, batches[0], args.T, chunk=args.chunk, **sim)     # warm-up: layout, kernels, graph capture
-    msat.simulate(snn, batches[0], args.T, chunk=args.chunk, **sim)
+    msat.simulate(snn, batches[0], args.T, chunk=args.chunk, options=opts)     # warm-up: layout, kernels, graph capture
+    msat.simulate(snn, batches[0], args.T, chunk=args.chunk, options=opts)
     run_dense()
     t_sim, t_dense, got = [], [], {}
     for _ in range(args.repeats):                                        # interleaved: dense, simulate, ...
@@ -211,7 +214,7 @@ def gpu_case(model_name: str, method: str, precision: str, args: argparse.Namesp
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
-        msat.simulate(snn, batches[0], T, chunk=args.chunk, **sim)
+        msat.simulate(snn, batches[0], T, chunk=args.chunk, options=opts)
         torch.cuda.synchronize()
         mem[T] = (torch.cuda.max_memory_allocated() - base) / 2**20
     wall, dense = statistics.median(t_sim), statistics.median(t_dense)

@@ -43,18 +43,19 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn, JobStatus
-from hydra.errors import HydraException
+from hydra.errors import HydraException, MissingConfigException
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
 
-from . import evaluate, training
+from . import config, evaluate, training
 from .checkpoint import default_ckpt_path, last_ckpt_path, load_checkpoint
 from .config import EvalConfig, TrainRunConfig, field_names
 from .data import digits, synthetic
+from .methods import get_method, list_methods
 from .runs import SweepLock
-from .utils import Interrupted, UserError, file_kind, resolve_device, to_plain
+from .utils import Interrupted, UserError, file_kind, hydra_run_dir, resolve_device, to_plain
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +76,6 @@ def _schema_keys(schema: type, dotted: str) -> tuple[str, list[str]] | None:
 
 def hydra_error_line(e: BaseException, schema: type) -> str:
     """One line for a Hydra / OmegaConf composition error."""
-    from hydra.errors import MissingConfigException
-
     if isinstance(e, MissingConfigException):
         missing = e.missing_cfg_file or ""
         group, _, option = missing.rpartition("/")
@@ -109,18 +108,12 @@ def hydra_error_line(e: BaseException, schema: type) -> str:
 
 def _dataclass_named(name: str) -> type | None:
     """The config dataclass (msat.config or a method's parameters) whose class name is ``name``."""
-    from . import config
-    from .methods import get_method, list_methods
-
     classes = [getattr(config, n) for n in config.__all__] + [get_method(m).params for m in list_methods()]
     return next((c for c in classes if isinstance(c, type) and dataclasses.is_dataclass(c) and c.__name__ == name),
                 None)
 
 
 def _hydra_errors() -> tuple[type, ...]:
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
     return HydraException, OmegaConfBaseException
 
 
@@ -496,8 +489,6 @@ def _in_multirun() -> bool:
 
 
 def _hydra_dir() -> Path | None:
-    from .utils import hydra_run_dir
-
     return hydra_run_dir()
 
 

@@ -91,13 +91,14 @@ def field_names(cls: type) -> list[str]:
 
 
 def from_mapping(cls: type, raw: Any = None, where: str = "") -> Any:
-    """Build the dataclass ``cls`` from ``raw`` (a mapping, an OmegaConf node, an instance of ``cls``
-    or None for the defaults), checking every key, type, choice and range.
+    """Build the dataclass ``cls`` from ``raw`` (a mapping, an OmegaConf node, or None for the defaults),
+    checking every key, type, choice and range; an instance of ``cls`` was built here (checked) and is
+    returned as it is.
 
     ``where`` is the dotted prefix used in messages (``"neuron"`` gives ``neuron.alpha must be ...``).
     """
     if isinstance(raw, cls):
-        raw = dataclasses.asdict(raw)
+        return raw                       # validated already: typed configs flow down, checked once
     raw = to_plain(raw)
     if raw is None:
         raw = {}
@@ -298,73 +299,81 @@ class ConversionConfig:
 CONVERSION_GROUPS = ("neuron", "calib", "sc", "pool")
 
 
-def _deep_merge(base: Mapping, top: Mapping) -> dict:
-    out = dict(base)
-    for k, v in top.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else v
-    return out
-
-
-def conversion_config(cfg: Any = None) -> ConversionConfig:
-    """A validated ``ConversionConfig`` from a mapping with ``method`` (a name, or a mapping with
-    ``name`` and the method's parameters; default ``if_max``) and the groups neuron/calib/sc/pool.
-
-    Merge order: the dataclass defaults, then the method's preset (``Method.preset``), then the
-    groups given. Method parameters whose default depends on the simulation length (SNN
-    Calibration's ``calib_T``, SpiCalib's ``allowance``) take it from the top-level ``T``. Other top-level keys are ignored, so a whole run config can be passed; ``pool``
-    may be a string. ``None`` gives the defaults; a ``ConversionConfig`` is re-validated.
-    """
-    from .methods import get_method
-
-    if isinstance(cfg, ConversionConfig):
-        cfg = dataclasses.asdict(cfg)
-    cfg = to_plain(cfg)
-    if cfg is None:
-        cfg = {}
-    if not isinstance(cfg, Mapping):
-        raise ConfigError(f"conversion config must be a mapping, got {type(cfg).__name__}")
-    node = cfg.get("method")
-    node = {"name": node} if isinstance(node, str) else dict(node or {})
-    method = get_method(str(node.get("name", "if_max")))
-    node["name"] = method.name
-    T = cfg.get("T")
-    params = from_mapping(method.params, node, "method").resolve(T if isinstance(T, int) and T > 0 else None)
-    groups = {g: to_plain(cfg.get(g)) for g in CONVERSION_GROUPS if cfg.get(g) is not None}
-    if isinstance(groups.get("pool"), str):
-        groups["pool"] = {"name": groups["pool"]}
-    merged = _deep_merge(method.preset, groups)
-    out = ConversionConfig(method=params, **{g: from_mapping(cls, merged.get(g), g) for g, cls in
-                                             (("neuron", NeuronConfig), ("calib", CalibConfig),
-                                              ("sc", SCConfig), ("pool", PoolConfig))})
-    method.check_config(out)
-    return out
-
-
 # ----------------------------------------------------------------------------- run groups
 
-@dataclass
-class SimConfig:
-    """Simulation of the test split (convert_eval)."""
+PRECISIONS = ("fp32", "tf32", "bf16")
+CPU_CHUNK_BYTES = 16 << 20          # EngineOptions.chunk_bytes on CPU when unset
 
-    batch_size: int = param(128, "test images per batch")
-    chunk: int = param(32, "time steps folded into one batch for stateless layers")
-    progress: bool = param(True, "progress (rank 0): a bar on a terminal, otherwise a log line every 10 % with "
-                           "the rate and the time left")
+
+@dataclass
+class EngineOptions:
+    """How the simulation engine runs (never what it computes, up to floating-point rounding): the
+    ``options`` of ``msat.simulate`` and the ``sim.*`` keys of the same names (``SimConfig`` is one).
+    ``None`` picks the device's fast path (:meth:`resolve`):
+
+    - ``fused``: each neuron step as one compiled kernel (``msat.neurons.fused_step``); default on CUDA;
+    - ``precision``: ``fp32``; ``tf32`` (CUDA: TF32 convolutions and matmuls; on CPU the same as fp32);
+      ``bf16`` (convolutions and linear layers under bf16 autocast; membrane state stays fp32);
+    - ``cuda_graphs``: replay each full chunk after the first as one CUDA graph (default on CUDA);
+    - ``channels_last``: NHWC activations for 4-D inputs (default on; on CPU oneDNN's convolutions then skip
+      their NCHW reorders: measured 1.2-1.4x faster on VGG16, see ``benchmarks/bench_sim.py``);
+    - ``chunk_bytes``: cap the folded chunk so that no activation of a chunk exceeds this many bytes (default
+      on CPU 16 MiB: glibc then reuses freed chunk buffers instead of mapping them anew each chunk; 0: off).
+    """
+
     precision: str = param("fp32", "fp32; tf32 (CUDA: TF32 convolutions); bf16 (convolutions in bf16 autocast, "
-                           "membrane state in fp32)", ("fp32", "tf32", "bf16"))
+                           "membrane state in fp32)", PRECISIONS)
     fused: Optional[bool] = param(None, "one compiled kernel per neuron layer and step (null: on CUDA only)")
     cuda_graphs: Optional[bool] = param(None, "replay full chunks as CUDA graphs (null: on CUDA)")
     channels_last: Optional[bool] = param(None, "NHWC activations for 4-D inputs (null: on)")
     chunk_bytes: Optional[int] = param(None, "cap a chunk so no folded activation exceeds this many bytes "
                                        "(null: 16 MiB on CPU, none on CUDA; 0: no cap)")
+
+    def engine(self) -> "EngineOptions":
+        """These options alone (a ``SimConfig`` without its other keys)."""
+        return EngineOptions(**{f.name: getattr(self, f.name) for f in dataclasses.fields(EngineOptions)})
+
+    def resolve(self, device: Any) -> "EngineOptions":
+        """The options for ``device`` (a ``torch.device`` or its name), every ``None`` replaced by the device's
+        default; options already resolved come back equal."""
+        cuda = getattr(device, "type", str(device).split(":")[0]) == "cuda"
+        return EngineOptions(
+            precision=self.precision,
+            fused=cuda if self.fused is None else bool(self.fused),
+            cuda_graphs=cuda and (True if self.cuda_graphs is None else bool(self.cuda_graphs)),
+            channels_last=True if self.channels_last is None else bool(self.channels_last),
+            chunk_bytes=(0 if cuda else CPU_CHUNK_BYTES) if self.chunk_bytes is None else self.chunk_bytes)
+
+    def check(self, where: str = "sim") -> None:
+        _at_least(_w(where), 0, chunk_bytes=self.chunk_bytes)
+
+
+@dataclass
+class _SimBatches:
+    batch_size: int = param(128, "test images per batch")
+    chunk: int = param(32, "time steps folded into one batch for stateless layers")
+    progress: bool = param(True, "progress (rank 0): a bar on a terminal, otherwise a log line every 10 % with "
+                           "the rate and the time left")
+
+
+@dataclass
+class _SimRun:
     tune_malloc: bool = param(True, "CPU: also raise glibc's mmap threshold in this process "
                            "(msat.simulation.tune_cpu_allocator; measured faster for MSAT, see README Speed)")
     checkpoint_every: int = param(50, "write eval_state[.rankN].pt every this many batches (0: never)")
     stop_after_batches: Optional[int] = param(None, "test hook: stop (like a kill) after this many batches")
 
+
+@dataclass
+class SimConfig(_SimRun, EngineOptions, _SimBatches):
+    """Simulation of the test split (convert_eval): batches, the engine's options (an :class:`EngineOptions`:
+    ``sim.precision``, ``sim.fused``, ...) and the run's own keys, in that order (a dataclass takes its bases'
+    fields from the last base to the first)."""
+
     def check(self, where: str = "sim") -> None:
         _at_least(_w(where), 1, batch_size=self.batch_size, chunk=self.chunk, stop_after_batches=self.stop_after_batches)
-        _at_least(_w(where), 0, checkpoint_every=self.checkpoint_every, chunk_bytes=self.chunk_bytes)
+        _at_least(_w(where), 0, checkpoint_every=self.checkpoint_every)
+        EngineOptions.check(self, where)
 
 
 @dataclass
@@ -429,12 +438,6 @@ class ModelConfig:
         _at_least(_w(where), 1, act_L=self.act_L, width=self.width)
         if self.arch is not None and self._target_ is not None:
             raise ConfigError(f"{_w(where)}: set arch (torchvision) or _target_ (custom), not both")
-        if self.arch is None and self._target_ is None:
-            from .models import list_models
-
-            if self.name not in list_models():
-                raise ConfigError(f"unknown model {self.name!r}; valid models: {', '.join(list_models())} "
-                                  "(or model=torchvision model.arch=..., model=custom model._target_=...)")
 
 
 @dataclass
@@ -471,7 +474,7 @@ class EvalConfig:
 
     dataset: Any = param(None, "the dataset node (conf/dataset/)")
     model: ModelConfig = field(default_factory=ModelConfig)
-    method: Any = param(None, "the method node (conf/method/, msat.methods)")
+    method: Any = param(None, "the method node (method=<name>: generated from the registry, msat.methods)")
     neuron: NeuronConfig = field(default_factory=NeuronConfig)
     calib: CalibConfig = field(default_factory=CalibConfig)
     sc: SCConfig = field(default_factory=SCConfig)
@@ -537,7 +540,7 @@ def config_help(cls: type = EvalConfig, prefix: str = "") -> str:
     return "\n".join(lines)
 
 
-__all__ = ["ConfigError", "from_mapping", "conversion_config", "config_help", "parse_sc_p", "ConversionConfig",
+__all__ = ["ConfigError", "from_mapping", "config_help", "parse_sc_p", "ConversionConfig",
            "NeuronConfig", "CalibConfig", "SCConfig", "PoolConfig", "MethodConfig", "SimConfig", "TrainConfig",
            "ModelConfig", "LoggerConfig", "PathsConfig", "EvalConfig", "TrainRunConfig", "POOL_CHOICES",
-           "CONVERSION_GROUPS", "check_seed", "check_run_name", "SEED_MAX"]
+           "CONVERSION_GROUPS", "check_seed", "check_run_name", "SEED_MAX", "EngineOptions", "PRECISIONS"]

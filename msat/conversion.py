@@ -18,10 +18,10 @@ input, analog.
 from __future__ import annotations
 
 import copy
-import warnings
-import math
+import dataclasses
 import operator
-from collections.abc import Iterable
+import warnings
+from collections.abc import Iterable, Mapping
 from typing import Any, Optional
 
 import torch
@@ -30,23 +30,22 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.fx.passes.shape_prop import ShapeProp
 
-from .config import ConversionConfig, conversion_config, parse_sc_p
+from .config import (CONVERSION_GROUPS, CalibConfig, ConfigError, ConversionConfig, EvalConfig, NeuronConfig,
+                     PoolConfig, SCConfig, from_mapping, to_plain)
+from .methods import get_method
+from .methods.base import ActivationStats, CalibContext, Cost, percentile_thresholds, timed
 from .models.activations import QCFS, activation_of
-from .neurons import SCLayer, SpikingNeuron, reset_net
+from .models.graph import is_activation, trace
+from .network import SCState, SpikingNetwork, ann_pools
+from .neurons import SpikingNeuron
 from .pooling import SpikingPool
-from .utils import UserError
+from .utils import ConversionError
 
 Tensor = torch.Tensor
 
 
-class ConversionError(UserError, ValueError):
-    """The model (or the calibration data) cannot be converted; the message names the node."""
-
-
 # ----------------------------------------------------------------------------- op tables
 
-RELU_FUNCTIONS = (F.relu, torch.relu, torch.relu_, F.relu_)
-RELU_METHODS = ("relu", "relu_")
 MAXPOOL_FUNCTIONS = {F.max_pool1d: 1, F.max_pool2d: 2}
 MAXPOOL_MODULES = {nn.MaxPool1d: 1, nn.MaxPool2d: 2}
 BN_MODULES = (nn.BatchNorm1d, nn.BatchNorm2d)
@@ -65,7 +64,6 @@ DYNAMIC_METHODS = ("view", "reshape", "flatten", "size", "mean", "contiguous", "
                    "div", "dim")
 # products of two time-varying signals are not linear in the rates: one operand must be static
 SCALING_OPS = (operator.mul, torch.mul, operator.truediv, torch.div, "mul", "div")
-RESHAPE_METHODS = ("view", "reshape")
 
 
 def _describe(node: fx.Node, modules: dict[str, nn.Module]) -> str:
@@ -78,28 +76,7 @@ def _describe(node: fx.Node, modules: dict[str, nn.Module]) -> str:
     return f"node {node.name!r}"
 
 
-# ----------------------------------------------------------------------------- stage: trace
-
-class _Tracer(fx.Tracer):
-    """torch.fx's tracer, keeping trained activations (QCFS) as single call sites."""
-
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, QCFS) or super().is_leaf_module(m, qualname)
-
-
-def trace(model: nn.Module) -> fx.GraphModule:
-    """Deep-copy ``model`` in eval mode and trace it with torch.fx."""
-    if not isinstance(model, nn.Module):
-        raise ConversionError(f"convert expects an nn.Module, got {type(model).__name__}")
-    m = copy.deepcopy(model).eval()
-    try:
-        gm = fx.GraphModule(m, _Tracer().trace(m), type(m).__name__)
-    except Exception as e:  # fx raises many types (TraceError, TypeError, ...)
-        raise ConversionError(f"torch.fx cannot trace {type(model).__name__}: {type(e).__name__}: {e}. "
-                              "Data-dependent control flow in forward() is not supported.") from e
-    gm.eval()
-    return gm
-
+# ----------------------------------------------------------------------------- stage: trace (msat.models.graph)
 
 # ----------------------------------------------------------------------------- stage: fold BN
 
@@ -165,15 +142,6 @@ def _module_path(node: fx.Node) -> str:
     return last[0] if isinstance(last, tuple) else str(last)
 
 
-def _is_relu(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
-    """A ReLU call site, or a trained activation that converts like one (QCFS)."""
-    if node.op == "call_module":
-        return type(modules[node.target]) in (nn.ReLU, QCFS)
-    if node.op == "call_function":
-        return node.target in RELU_FUNCTIONS
-    return node.op == "call_method" and node.target in RELU_METHODS
-
-
 def _maxpool_spec(node: fx.Node, modules: dict[str, nn.Module]) -> Optional[tuple[int, dict]]:
     """(dims, kwargs) of a max-pool call site, or None."""
     if node.op == "call_module" and type(modules[node.target]) in MAXPOOL_MODULES:
@@ -210,11 +178,8 @@ def _unique(name: str, used: set[str]) -> str:
     return out
 
 
-def replace(gm: fx.GraphModule, cfg: ConversionConfig, dynamics: str = "if",
-            neuron_kwargs: Optional[dict] = None) -> tuple[list[SpikingNeuron], list[SpikingPool]]:
-    """Replace activation call sites (ReLU, QCFS) by neurons of ``dynamics`` and the dynamic max pools
-    by spiking pools (in place). A QCFS module stays inside its neuron as the ANN-mode activation."""
-    modules = dict(gm.named_modules())
+def _activation_sites(gm: fx.GraphModule, modules: dict[str, nn.Module]) -> list[fx.Node]:
+    """The call sites to replace (ReLU, QCFS); any other activation module is refused."""
     activation_types = tuple(v for v in vars(nn.modules.activation).values()
                              if isinstance(v, type) and issubclass(v, nn.Module) and v is not nn.ReLU
                              and v.__module__ == nn.modules.activation.__name__
@@ -223,14 +188,21 @@ def replace(gm: fx.GraphModule, cfg: ConversionConfig, dynamics: str = "if",
         if n.op == "call_module" and isinstance(modules[n.target], activation_types):
             raise ConversionError(f"{_describe(n, modules)}: only ReLU activations can be converted to "
                                   "spiking neurons")
-    relus = [n for n in gm.graph.nodes if _is_relu(n, modules)]
+    relus = [n for n in gm.graph.nodes if is_activation(n, modules)]
     if not relus:
         raise ConversionError("the model has no ReLU: nothing to convert into spiking neurons")
+    return relus
+
+
+def _replace_activations(gm: fx.GraphModule, neuron_cfg: Any, dynamics: str,
+                         neuron_kwargs: dict) -> tuple[list[SpikingNeuron], set[fx.Node]]:
+    """Each activation call site -> its own ``SpikingNeuron``, named after the module (or node) it replaces."""
+    modules = dict(gm.named_modules())
     used: set[str] = set()
     module_calls: dict[str, int] = {}
     neurons: list[SpikingNeuron] = []
     spiking: set[fx.Node] = set()
-    for i, node in enumerate(relus):
+    for i, node in enumerate(_activation_sites(gm, modules)):
         if node.op == "call_module":
             k = module_calls.get(node.target, 0)
             module_calls[node.target] = k + 1
@@ -240,27 +212,37 @@ def replace(gm: fx.GraphModule, cfg: ConversionConfig, dynamics: str = "if",
             name = f"{path}.{node.name}" if path else node.name
         name = _unique(name, used)
         act = modules[node.target] if node.op == "call_module" and isinstance(modules[node.target], QCFS) else None
-        neuron = SpikingNeuron(cfg.neuron, name, dynamics, ann_act=copy.deepcopy(act), **(neuron_kwargs or {}))
-        new = _swap(gm, node, f"spiking_layers.n{i}", neuron)
+        neuron = SpikingNeuron(neuron_cfg, name, dynamics, ann_act=copy.deepcopy(act), **neuron_kwargs)
+        spiking.add(_swap(gm, node, f"spiking_layers.n{i}", neuron))
         neurons.append(neuron)
-        spiking.add(new)
-    dyn = _dynamic_nodes(gm, spiking)
+    return neurons, spiking
+
+
+def _replace_pools(gm: fx.GraphModule, dyn: set[fx.Node], pool_name: str) -> list[SpikingPool]:
+    """Each max pool after the first spiking layer -> a ``SpikingPool`` of kind ``pool_name``."""
     modules = dict(gm.named_modules())
     pools: list[SpikingPool] = []
     for node in list(gm.graph.nodes):
-        if node not in dyn:
-            continue
-        spec = _maxpool_spec(node, modules)
+        spec = _maxpool_spec(node, modules) if node in dyn else None
         if spec is None:
             continue
         dims, kw = spec
         name = node.target if node.op == "call_module" else node.name
         try:
-            pool = SpikingPool(cfg.pool.name, dims, name=name, **kw)
+            pool = SpikingPool(pool_name, dims, name=name, **kw)
         except ValueError as e:
             raise ConversionError(str(e)) from e
         _swap(gm, node, f"spiking_pools.p{len(pools)}", pool)
         pools.append(pool)
+    return pools
+
+
+def replace(gm: fx.GraphModule, cfg: ConversionConfig, dynamics: str = "if",
+            neuron_kwargs: Optional[dict] = None) -> tuple[list[SpikingNeuron], list[SpikingPool]]:
+    """Replace activation call sites (ReLU, QCFS) by neurons of ``dynamics`` and the dynamic max pools
+    by spiking pools (in place). A QCFS module stays inside its neuron as the ANN-mode activation."""
+    neurons, spiking = _replace_activations(gm, cfg.neuron, dynamics, neuron_kwargs or {})
+    pools = _replace_pools(gm, _dynamic_nodes(gm, spiking), cfg.pool.name)
     gm.graph.lint()
     gm.delete_all_unused_submodules()
     gm.recompile()
@@ -361,75 +343,40 @@ def _check_function_dims(node: fx.Node, where: str) -> None:
 
 # ----------------------------------------------------------------------------- stage: calibrate
 
-def _batches(calib: Any, limit: int) -> list[Any]:
-    """Up to ``limit`` input batches from a tensor, or an iterable of tensors or (x, y) pairs."""
+def _calibration_items(calib: Any) -> Iterable:
+    """The batches of ``calib``: one tensor, or an iterable of tensors or (x, y) pairs."""
     if isinstance(calib, Tensor):
-        items: Iterable = [calib]
-    elif isinstance(calib, Iterable) and not isinstance(calib, (str, bytes)):
-        items = calib
-    else:
-        raise ConversionError(f"calibration data must be a tensor or an iterable of batches, "
-                              f"got {type(calib).__name__}")
-    out = []
-    for item in items:
-        if len(out) == limit:
-            break
-        x = item[0] if isinstance(item, (tuple, list)) else item
-        if not isinstance(x, Tensor):
-            raise ConversionError(f"a calibration batch must be a tensor or an (x, y) pair, got {type(x).__name__}")
-        if x.dim() == 0 or x.shape[0] == 0:
-            continue
-        out.append(x)
-    if not out:
-        raise ConversionError("the calibration set is empty: give at least one non-empty batch")
-    return out
+        return [calib]
+    if isinstance(calib, Iterable) and not isinstance(calib, (str, bytes, dict)):
+        return calib
+    raise ConversionError(f"calibration data must be a tensor batch (B, ...) or an iterable of batches or "
+                          f"(x, y) pairs, got {type(calib).__name__}")
 
 
-def check_calibration(model: nn.Module, calib: Any, limit: int) -> list[Tensor]:
-    """The calibration batches ``convert`` uses (up to ``limit``; an iterator is read once), checked before any
-    stage: each a tensor batch (B, ...) of one dtype and rank, finite, of the model's parameter dtype when
-    floating, and one the model runs on. Each problem is one :class:`ConversionError` sentence."""
-    if isinstance(calib, Tensor):
-        items: Iterable = [calib]
-    elif isinstance(calib, Iterable) and not isinstance(calib, (str, bytes, dict)):
-        items = calib
-    else:
-        raise ConversionError(f"calibration data must be a tensor batch (B, ...) or an iterable of batches or "
-                              f"(x, y) pairs, got {type(calib).__name__}")
+def _check_batch(i: int, x: Any, first: Optional[Tensor], floating: Optional[torch.dtype]) -> None:
+    """Calibration batch ``i`` (not empty): a tensor batch like batch 0 (``first``), of the parameters' dtype."""
+    if x.dim() != 0 and x.shape[0] == 0:
+        return
+    if first is not None and (x.dim() != first.dim() or x.dtype != first.dtype):
+        raise ConversionError(f"calibration batch {i} is {x.dtype} of shape {tuple(x.shape)}, but batch 0 is "
+                              f"{first.dtype} of shape {tuple(first.shape)}: give batches of one dtype and rank")
+    if x.dtype == torch.bool or x.is_complex():
+        raise ConversionError(f"calibration batch {i} is {x.dtype}; give the model's input (floating point, or "
+                              "integer token ids)")
+    if x.is_floating_point() and floating is not None and x.dtype != floating:
+        raise ConversionError(f"calibration batch {i} is {x.dtype}, but the model's parameters are {floating}: "
+                              f"convert it with x.to({floating})")
+    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        raise ConversionError(f"calibration batch {i} holds NaN or inf values: the thresholds would be "
+                              "calibrated on them")
+
+
+def _probe(model: nn.Module, first: Tensor) -> None:
+    """One forward of two samples of batch 0, the model in eval mode without gradients (nothing of it changes)."""
     params = list(model.parameters())
-    floating = next((p.dtype for p in params if p.is_floating_point()), None)
-    out: list[Tensor] = []
-    for i, item in enumerate(items):
-        x = item[0] if isinstance(item, (tuple, list)) and item else item
-        if not isinstance(x, Tensor):
-            hint = " (convert it with torch.from_numpy)" if type(x).__module__ == "numpy" else ""
-            raise ConversionError(f"calibration batch {i} must be a tensor or an (x, y) pair, got "
-                                  f"{type(x).__name__}{hint}")
-        if x.dim() == 0:
-            raise ConversionError(f"calibration batch {i} is a 0-dim tensor, not a batch (B, ...) of samples")
-        if x.shape[0] == 0:
-            continue
-        if out and (x.dim() != out[0].dim() or x.dtype != out[0].dtype):
-            raise ConversionError(f"calibration batch {i} is {x.dtype} of shape {tuple(x.shape)}, but batch 0 is "
-                                  f"{out[0].dtype} of shape {tuple(out[0].shape)}: give batches of one dtype and "
-                                  "rank")
-        if x.dtype == torch.bool or x.is_complex():
-            raise ConversionError(f"calibration batch {i} is {x.dtype}; give the model's input (floating point, or "
-                                  "integer token ids)")
-        if x.is_floating_point() and floating is not None and x.dtype != floating:
-            raise ConversionError(f"calibration batch {i} is {x.dtype}, but the model's parameters are {floating}: "
-                                  f"convert it with x.to({floating})")
-        if x.is_floating_point() and not bool(torch.isfinite(x).all()):
-            raise ConversionError(f"calibration batch {i} holds NaN or inf values: the thresholds would be "
-                                  "calibrated on them")
-        out.append(x)
-        if len(out) == limit:                      # an iterator is not read beyond the batches used
-            break
-    if not out:
-        raise ConversionError("the calibration set is empty: give at least one non-empty batch")
-    probe = out[0][:2].to(params[0].device) if params else out[0][:2]
+    probe = first[:2].to(params[0].device) if params else first[:2]
     training = {m: m.training for m in model.modules()}
-    try:                                           # the model in eval mode, no gradients: nothing of it changes
+    try:
         model.eval()
         with torch.no_grad():
             model(probe)
@@ -438,90 +385,38 @@ def check_calibration(model: nn.Module, calib: Any, limit: int) -> list[Tensor]:
     except (RuntimeError, ValueError, IndexError, NotImplementedError) as e:
         detail = " ".join(str(e).split())
         detail = detail if len(detail) <= 200 else detail[:200] + "..."
-        raise ConversionError(f"the model cannot run on the calibration data (batch 0: {out[0].dtype}, shape "
-                              f"{tuple(out[0].shape)}; a batch (B, ...) of the model's input is expected): "
+        raise ConversionError(f"the model cannot run on the calibration data (batch 0: {first.dtype}, shape "
+                              f"{tuple(first.shape)}; a batch (B, ...) of the model's input is expected): "
                               f"{type(e).__name__}: {detail}") from None
     finally:
         for m, mode in training.items():
             m.training = mode
+
+
+def check_calibration(model: nn.Module, calib: Any, limit: int) -> list[Tensor]:
+    """The calibration batches ``convert`` uses (up to ``limit`` non-empty ones; an iterator is read once),
+    checked before any stage: each a tensor batch (B, ...) of one dtype and rank, finite, of the model's
+    parameter dtype when floating, and one the model runs on. Each problem is one :class:`ConversionError`
+    sentence."""
+    floating = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+    out: list[Tensor] = []
+    for i, item in enumerate(_calibration_items(calib)):
+        x = item[0] if isinstance(item, (tuple, list)) and item else item
+        if not isinstance(x, Tensor):
+            hint = " (convert it with torch.from_numpy)" if type(x).__module__ == "numpy" else ""
+            raise ConversionError(f"calibration batch {i} must be a tensor or an (x, y) pair, got "
+                                  f"{type(x).__name__}{hint}")
+        if x.dim() == 0:
+            raise ConversionError(f"calibration batch {i} is a 0-dim tensor, not a batch (B, ...) of samples")
+        _check_batch(i, x, out[0] if out else None, floating)
+        if x.shape[0] > 0:
+            out.append(x)
+        if len(out) == limit:                      # an iterator is not read beyond the batches used
+            break
+    if not out:
+        raise ConversionError("the calibration set is empty: give at least one non-empty batch")
+    _probe(model, out[0])
     return out
-
-
-def _quantile_of_positives(pos: Tensor, n_total: int, p: float) -> Tensor:
-    """The p-quantile (linear interpolation, as torch.quantile) of a vector made of ``pos``
-    (the positive values) and ``n_total - len(pos)`` zeros."""
-    n_zero = n_total - pos.numel()
-    rank = p * (n_total - 1)
-    lo, hi = math.floor(rank), math.ceil(rank)
-    frac = rank - lo
-
-    def kth(r: int) -> Tensor:  # r: 0-based rank in the full sorted vector
-        if r < n_zero:
-            return pos.new_zeros(())
-        return torch.kthvalue(pos, r - n_zero + 1).values
-
-    return kth(lo) + frac * (kth(hi) - kth(lo))
-
-
-class ActivationStats:
-    """Streams what percentile calibration needs from each neuron's post-activation outputs."""
-
-    def __init__(self, percentile: float, per_channel: bool):
-        self.p, self.per_channel = percentile, per_channel
-        self.max: dict[SpikingNeuron, Tensor] = {}
-        self.values: dict[SpikingNeuron, list[Tensor]] = {}
-        self.count: dict[SpikingNeuron, int] = {}
-        self.feat_dims: dict[SpikingNeuron, int] = {}
-        self.dtype: dict[SpikingNeuron, torch.dtype] = {}
-
-    def __call__(self, neuron: SpikingNeuron, x: Tensor) -> None:
-        a = neuron.forward(x.detach())                     # the ANN activation's output (no hooks re-entered)
-        self.feat_dims[neuron], self.dtype[neuron] = x.dim() - 1, x.dtype
-        if self.per_channel:
-            if a.dim() < 2:
-                raise ConversionError(f"layer {neuron.name!r}: per-channel calibration needs a channel dimension")
-            a = a.transpose(0, 1).reshape(a.shape[1], -1)                 # (C, B*...)
-            if self.p == 1.0:
-                m = a.amax(dim=1)
-                self.max[neuron] = m if neuron not in self.max else torch.maximum(self.max[neuron], m)
-            else:
-                self.values.setdefault(neuron, []).append(a.double().cpu())
-        else:
-            if self.p == 1.0:
-                m = a.max()
-                self.max[neuron] = m if neuron not in self.max else torch.maximum(self.max[neuron], m)
-            else:
-                flat = a.flatten()
-                self.values.setdefault(neuron, []).append(flat[flat > 0].double().cpu())
-                self.count[neuron] = self.count.get(neuron, 0) + flat.numel()
-
-    def theta(self, neuron: SpikingNeuron) -> Tensor:
-        """theta_l, in the activations' dtype; (C, 1, ...) per sample when per channel."""
-        if neuron not in self.feat_dims:
-            raise ConversionError(f"layer {neuron.name!r} was never executed on the calibration data")
-        if self.p == 1.0:
-            th = self.max[neuron]
-        elif self.per_channel:
-            v = torch.cat(self.values[neuron], dim=1)                     # (C, N)
-            n = v.shape[1]
-            rank = self.p * (n - 1)
-            lo, hi = math.floor(rank), math.ceil(rank)
-            vlo = torch.kthvalue(v, lo + 1, dim=1).values
-            vhi = torch.kthvalue(v, hi + 1, dim=1).values
-            th = vlo + (rank - lo) * (vhi - vlo)
-        else:
-            th = _quantile_of_positives(torch.cat(self.values[neuron]), self.count[neuron], self.p)
-        if self.per_channel:
-            th = th.view(-1, *([1] * (self.feat_dims[neuron] - 1)))      # (C, 1, ...) per sample
-        return th.to(self.dtype[neuron])
-
-
-def percentile_thresholds(ctx: Any) -> dict[SpikingNeuron, Tensor]:
-    """theta_l = the ``calib.percentile`` quantile of each layer's post-activation outputs over every
-    calibration batch (SPEC 1.3; per layer, or per channel with ``calib.per_channel``)."""
-    stats = ActivationStats(ctx.cfg.calib.percentile, ctx.cfg.calib.per_channel)
-    ctx.activations(stats)
-    return {m: stats.theta(m) for m in ctx.neurons}
 
 
 def _logits_close(a: Any, b: Any) -> bool:
@@ -537,146 +432,11 @@ def propagate_shapes(gm: fx.GraphModule, pools: list[SpikingPool], x: Tensor, re
                      avg_pools: bool) -> None:
     """Run the converted graph as the ANN once, recording shapes (``node.meta['tensor_meta']``) for the
     checks, and compare its output with ``reference`` (the original model's)."""
-    from .methods.base import ann_pools
-
     with ann_pools(pools), torch.no_grad():
         out = ShapeProp(gm).propagate(x)
     if reference is not None and not avg_pools and not _logits_close(out, reference):
         raise ConversionError("the converted graph does not reproduce the model's outputs in ANN mode "
                               "(an in-place op whose input is reused?)")
-
-
-# ----------------------------------------------------------------------------- the network
-
-class SCState:
-    """Spike-confidence settings of a network: which layers, their keep probabilities, E and the reset.
-
-    Owned by the ``SpikingNetwork``; the engine hands each SC layer an ``SCLayer`` per simulation
-    (``for_simulation``). ``disabled()`` switches SC off for a block (``derive_sc_p`` measures with it off).
-    """
-
-    def __init__(self, layers: list[str], E: int, filtered: bool, p: Optional[dict[str, float]] = None):
-        self.layers, self.E, self.filtered = list(layers), int(E), bool(filtered)
-        self.p: dict[str, float] = {}
-        self.active = bool(self.layers)
-        if p:
-            self.set_p(p)
-
-    def set_p(self, p: dict[str, float]) -> None:
-        """Keep probability p_l of SC layers, name -> p in [0, 1] (any subset of the SC layers)."""
-        from .config import ConfigError, parse_sc_p
-
-        unknown = [k for k in p if k not in self.layers]
-        if unknown:
-            raise ConversionError(f"{unknown} are not spike-confidence layers; SC layers: {self.layers} "
-                                  "(enable with sc.enabled, choose with sc.layers)")
-        try:
-            checked = parse_sc_p(dict(p), where="SC keep probability")
-        except ConfigError as e:
-            raise ConversionError(str(e)) from e
-        self.p.update(checked)
-
-    def disabled(self) -> "_SCOff":
-        return _SCOff(self)
-
-    def for_simulation(self, generator: Optional[torch.Generator], device: torch.device) -> dict:
-        """name -> SCLayer with its own generator, seeded from ``generator``: draws do not depend on chunking."""
-        if not self.active:
-            return {}
-        missing = [n for n in self.layers if n not in self.p]
-        if missing:
-            from .simulation import SimulationError
-
-            raise SimulationError(f"spike confidence is enabled but p is not set for layers {missing}: set sc.p, "
-                                  "or derive it (msat.measure.derive_sc_p) and call snn.set_sc_p")
-        out = {}
-        for n in self.layers:
-            dev = generator.device if generator is not None else torch.device("cpu")
-            seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=dev))
-            g = torch.Generator(device=device)
-            g.manual_seed(seed)
-            out[n] = SCLayer(self.p[n], self.E, self.filtered, g)
-        return out
-
-
-class _SCOff:
-    def __init__(self, state: SCState):
-        self.state = state
-
-    def __enter__(self) -> None:
-        self.saved, self.state.active = self.state.active, False
-
-    def __exit__(self, *exc: Any) -> None:
-        self.state.active = self.saved
-
-
-class SpikingNetwork(nn.Module):
-    """A converted network: the fx graph with spiking neurons and pools, plus its metadata.
-
-    ``forward``/``ann_forward`` run it as the ANN (neurons = their activation, pools = max pool);
-    ``msat.simulate`` runs it as the SNN. ``method`` is the configured method; ``sc`` the
-    spike-confidence state; ``cost`` what conversion spent (``msat.methods.base.Cost``).
-    """
-
-    def __init__(self, gm: fx.GraphModule, neurons: list[SpikingNeuron], pools: list[SpikingPool],
-                 cfg: ConversionConfig, dynamic: set[fx.Node], method: Any, ann: str = "relu"):
-        super().__init__()
-        self.graph_module = gm
-        self.cfg = cfg
-        self.method = method
-        self.ann = ann
-        self.cost = None
-        self._neurons = neurons
-        self._pools = pools
-        self._dynamic_names = {n.name for n in dynamic}
-        names = [n.name for n in neurons]
-        sc = cfg.sc
-        layers = (names[-1:] if sc.layers == "last" else names) if sc.enabled else []
-        self.sc = SCState(layers, sc.E, sc.reset == "filtered")
-        if layers and sc.p is not None:
-            self.sc.set_p(parse_sc_p(sc.p, layers))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.ann_forward(x)
-
-    def ann_forward(self, x: Tensor) -> Tensor:
-        """The converted graph as the ANN: equals the original model's output (to float rounding)."""
-        return self.graph_module(x)
-
-    def ann_preactivations(self, x: Tensor) -> dict[str, Tensor]:
-        """The input of each activation call site (a_l), name -> (B, ...), for the ANN on ``x``."""
-        from .methods.base import record_inputs
-
-        out: dict[str, Tensor] = {}
-        with record_inputs(self._neurons, lambda m, a: out.__setitem__(m.name, a.detach().clone())), torch.no_grad():
-            self.graph_module(x)
-        return out
-
-    def neuron_layers(self) -> list[tuple[str, SpikingNeuron]]:
-        """(name, neuron) for every spiking layer, in execution order."""
-        return [(m.name, m) for m in self._neurons]
-
-    def pool_layers(self) -> list[tuple[str, SpikingPool]]:
-        return [(m.name, m) for m in self._pools]
-
-    @property
-    def scales(self) -> dict[str, Tensor]:
-        """Calibrated theta per spiking layer (0-d, or (C, 1, ...) per channel)."""
-        return {m.name: m.theta for m in self._neurons}
-
-    def sc_layers(self) -> list[str]:
-        """Names of the layers spike confidence acts on (empty when SC is off)."""
-        return list(self.sc.layers)
-
-    def set_sc_p(self, p: dict[str, float]) -> None:
-        """Set the SC keep probability p_l of SC layers, name -> p in [0, 1]."""
-        self.sc.set_p(p)
-
-    def is_dynamic(self, node: fx.Node) -> bool:
-        return node.name in self._dynamic_names
-
-    def reset(self) -> None:
-        reset_net(self)
 
 
 # ----------------------------------------------------------------------------- the pipeline
@@ -687,64 +447,134 @@ def dynamic_nodes(gm: fx.GraphModule) -> set[fx.Node]:
     return _dynamic_nodes(gm, spiking)
 
 
-def convert(model: nn.Module, calib: Any, cfg: Any = None) -> SpikingNetwork:
-    """Convert a trained ANN into a ``SpikingNetwork`` with the method ``cfg.method`` (SPEC section 1).
+def _deep_merge(base: Mapping, top: Mapping) -> dict:
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else v
+    return out
 
-    ``calib``: a tensor batch, or an iterable of batches or (x, y) pairs (up to
-    ``cfg.calib.batches`` are used). ``cfg``: a mapping with ``method`` (default ``if_max``) and the
-    groups neuron/calib/sc/pool (see ``msat.config``). The model itself is not modified.
+
+def conversion_config(cfg: Any = None, T: Optional[int] = None) -> ConversionConfig:
+    """A validated ``ConversionConfig`` from a mapping with ``method`` (a name, or a mapping with
+    ``name`` and the method's parameters; default ``if_max``) and the groups neuron/calib/sc/pool.
+
+    Merge order: the dataclass defaults, then the method's preset (``Method.preset``), then the
+    groups given, then what the method's parameters fix (``Method.fixed_groups``). ``T``: the simulation length, for the method parameters whose default depends on it
+    (SNN Calibration's ``calib_T``, SpiCalib's ``allowance``). Other keys are ignored, so a whole run
+    config can be passed; ``pool`` may be a string. ``None`` gives the defaults; a ``ConversionConfig``
+    is re-validated; an ``EvalConfig`` (a checked run config) gives its typed groups as they are.
     """
-    from .methods import get_method
-    from .methods.base import CalibContext, Cost, timed
+    typed: dict = {}
+    if isinstance(cfg, EvalConfig):          # a checked run config: its groups (the preset composed in) are typed
+        typed = {g: getattr(cfg, g) for g in CONVERSION_GROUPS}
+        cfg = {"method": cfg.method}
+    if isinstance(cfg, ConversionConfig):
+        cfg = dataclasses.asdict(cfg)
+    cfg = to_plain(cfg)
+    if cfg is None:
+        cfg = {}
+    if not isinstance(cfg, Mapping):
+        raise ConfigError(f"conversion config must be a mapping, got {type(cfg).__name__}")
+    node = cfg.get("method")
+    node = {"name": node} if isinstance(node, str) else dict(node or {})
+    method = get_method(str(node.get("name", "if_max")))
+    node["name"] = method.name
+    params = from_mapping(method.params, node, "method").resolve(T if isinstance(T, int) and T > 0 else None)
+    groups = {g: to_plain(cfg.get(g)) for g in CONVERSION_GROUPS if cfg.get(g) is not None}
+    if isinstance(groups.get("pool"), str):
+        groups["pool"] = {"name": groups["pool"]}
+    fixed = method.fixed_groups(params)
+    merged = _deep_merge(_deep_merge(method.preset, groups), fixed)
 
-    ccfg = conversion_config(cfg)
-    method = get_method(ccfg.method.name)(ccfg)
-    if not isinstance(model, nn.Module):
-        raise ConversionError(f"convert expects an nn.Module, got {type(model).__name__}")
-    calib = check_calibration(model, calib, ccfg.calib.batches)
+    def group(g: str, cls: type) -> Any:
+        if g in typed and g not in fixed:
+            return typed[g]
+        return from_mapping(cls, _deep_merge(dataclasses.asdict(typed[g]), fixed[g]) if g in typed else merged.get(g), g)
+
+    out = ConversionConfig(method=params, **{g: group(g, cls) for g, cls in
+                                             (("neuron", NeuronConfig), ("calib", CalibConfig),
+                                              ("sc", SCConfig), ("pool", PoolConfig))})
+    method.check_groups(out)
+    return out
+
+
+def _check_ann(method: Any, model: nn.Module) -> str:
+    """The model's activation (relu | qcfs), which the method must convert."""
     ann = activation_of(model)
     if ann not in method.ann:
         need = " or ".join(f"a {a.upper() if a == 'qcfs' else 'ReLU'} ANN" for a in method.ann)
         raise ConversionError(f"method {method.name!r} converts {need}; this model is a "
                               f"{'QCFS' if ann == 'qcfs' else 'ReLU'} ANN "
                               f"({'train it with model.act=qcfs' if 'qcfs' in method.ann else 'use another method'})")
-    batches = _batches(calib, ccfg.calib.batches)
-    param = next(iter(model.parameters()), None)
-    if param is not None:
-        batches = [x.to(param.device) for x in batches]
+    return ann
+
+
+def _trace_and_fold(model: nn.Module, x: Tensor, ann: str) -> tuple[fx.GraphModule, Any]:
+    """Stages trace and fold BN; returns the graph and the reference output on ``x`` its ANN mode must match."""
     gm = trace(model)
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     if len([n for n in placeholders if not n.args]) != 1:
         raise ConversionError(f"the model's forward must take exactly one required input, got "
                               f"{[n.name for n in placeholders]}")
     with torch.no_grad():
-        reference = gm(batches[0])          # original model on the first batch, before any change
+        reference = gm(x)                   # original model on the first batch, before any change
     fold_bn(gm)
     if ann == "qcfs":
         # QCFS's floor is discontinuous: folding BN moves pre-activations by float rounding and flips the
         # few that sit on a quantization step, so the replacement is checked against the folded graph
         with torch.no_grad():
-            reference = gm(batches[0])
-    neurons, pools = replace(gm, ccfg, method.dynamics, method.neuron_kwargs())
-    propagate_shapes(gm, pools, batches[0], reference, ccfg.pool.name == "avg")
+            reference = gm(x)
+    return gm, reference
+
+
+def _checked_dynamic(gm: fx.GraphModule) -> set[fx.Node]:
+    """Stage check: the dynamic nodes, which the output must depend on and which use only supported ops."""
     dynamic = dynamic_nodes(gm)
     out_node = next(n for n in gm.graph.nodes if n.op == "output")
     if not any(isinstance(a, fx.Node) and a in dynamic for a in out_node.all_input_nodes):
         raise ConversionError("the model's output does not depend on any ReLU: nothing would spike")
     check_dynamic(gm, dynamic)
-    ctx = CalibContext(gm, neurons, pools, batches, ccfg,
-                       Cost(presim_steps=method.presim_steps(), calib_images=sum(int(x.shape[0]) for x in batches)))
+    return dynamic
+
+
+def _calibrate(method: Any, ctx: CalibContext, dynamic: set[fx.Node], ann: str) -> SpikingNetwork:
+    """Stages thresholds and after: the method's theta_l per layer, then its stages that may simulate."""
     with timed(ctx.cost):
         for m, th in method.thresholds(ctx).items():
             m.set_theta(th)
             if bool((th <= 0).all()):
                 warnings.warn(f"layer {m.name!r}: calibrated scale 0 (its ANN activations are all <= 0 on the "
-                              "calibration data); it never fires", stacklevel=2)
-        snn = SpikingNetwork(gm, neurons, pools, ccfg, dynamic, method, ann)
+                              "calibration data); it never fires", stacklevel=3)
+        snn = SpikingNetwork(ctx.gm, ctx.neurons, ctx.pools, ctx.cfg, dynamic, method, ann)
         method.after_convert(snn, ctx)
     snn.cost = ctx.cost
     return snn
 
 
-__all__ = ["ConversionError", "SpikingNetwork", "SCState", "convert", "trace", "fold_bn", "replace", "check_dynamic",
+def convert(model: nn.Module, calib: Any, cfg: Any = None, T: Optional[int] = None) -> SpikingNetwork:
+    """Convert a trained ANN into a ``SpikingNetwork`` with the method ``cfg.method`` (SPEC section 1).
+
+    ``calib``: a tensor batch, or an iterable of batches or (x, y) pairs (up to
+    ``cfg.calib.batches`` are used). ``cfg``: a validated ``ConversionConfig`` (used as it is), or a
+    mapping with ``method`` (default ``if_max``) and the groups neuron/calib/sc/pool, validated by
+    :func:`conversion_config` with ``T`` (see there). The model itself is not modified.
+    """
+    ccfg = cfg if isinstance(cfg, ConversionConfig) else conversion_config(cfg, T)
+    method = get_method(ccfg.method.name)(ccfg)
+    if not isinstance(model, nn.Module):
+        raise ConversionError(f"convert expects an nn.Module, got {type(model).__name__}")
+    batches = check_calibration(model, calib, ccfg.calib.batches)
+    ann = _check_ann(method, model)
+    param = next(iter(model.parameters()), None)
+    if param is not None:
+        batches = [x.to(param.device) for x in batches]
+    gm, reference = _trace_and_fold(model, batches[0], ann)
+    neurons, pools = replace(gm, ccfg, method.dynamics, method.neuron_kwargs())
+    propagate_shapes(gm, pools, batches[0], reference, ccfg.pool.name == "avg")
+    dynamic = _checked_dynamic(gm)
+    cost = Cost(presim_steps=method.presim_steps(), calib_images=sum(int(x.shape[0]) for x in batches))
+    return _calibrate(method, CalibContext(gm, neurons, pools, batches, ccfg, cost), dynamic, ann)
+
+
+__all__ = ["ConversionError", "SpikingNetwork", "SCState", "convert", "conversion_config", "trace", "fold_bn", "replace", "check_dynamic",
            "percentile_thresholds", "ActivationStats", "dynamic_nodes"]

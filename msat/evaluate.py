@@ -21,23 +21,27 @@ import os
 import signal
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
+from . import reporting
 from .checkpoint import default_ckpt_path, load_checkpoint, load_model_weights
-from .config import ConversionConfig, EvalConfig, conversion_config, from_mapping
-from .runs import RunLock, Staging, load_run
+from .config import ConversionConfig, EvalConfig, from_mapping
+from .conversion import conversion_config, convert
+from .data import build_data, build_loader, dataset_config
+from .measure import AccuracyCurve, SpikeStats, energy_report, layer_macs
+from .models import build_model
+from .models.build import activation_sites, check_input, model_spec
+from .runs import Staging, commit_set, load_run, run_id, run_in_dir, write_config
+from .simulation import check_sc_steps, simulate, tune_cpu_allocator
 from .training import ProgressLog
-from .utils import (DistEnv, file_sha256, Interrupted, StopSignals, UserError, all_reduce_sum, atomic_torch_save,
-                    atomic_write_text, hydra_run_dir, resume_command, seed_everything,
-                    setup_distributed, to_plain, versions)
+from .utils import (DistEnv, Interrupted, StopSignals, UserError, all_reduce_sum, atomic_torch_save,
+                    atomic_write_text, file_sha256, hydra_run_dir, resume_command, seed_everything, to_plain, versions)
 
 log = logging.getLogger(__name__)
 
@@ -48,31 +52,25 @@ LAYER_COLUMNS = ("name", "scale", "firing_rate", "sin_ratio", "q", "ans", "p")
 # ----------------------------------------------------------------------------- config checks
 
 def report_steps(T: int, report_T: Any = None) -> list[int]:
-    """The steps shown in summaries: ``report_T`` (checked against T) or 1, 4, 8, ..., 256 up to T, plus T."""
+    """The steps shown in summaries: ``report_T`` (in 1..T: ``EvalConfig`` checks it) or 1, 4, 8, ..., 256 up to T,
+    plus T."""
     if report_T is None:
         steps = [t for t in DEFAULT_REPORT_T if t <= T]
         return steps if T in steps else steps + [T]
-    steps = sorted({int(t) for t in report_T})
-    bad = [t for t in steps if not 1 <= t <= T]
-    if bad:
-        raise UserError(f"report_T {bad} outside 1..T={T}: every reported T must be in 1..T")
-    return steps
+    return sorted({int(t) for t in report_T})
 
 
 def check_config(cfg: Any) -> tuple[EvalConfig, ConversionConfig]:
     """Every check that can fail before compute: keys, types and ranges of every group (one
     validator), names, the method and its conversion config, SC E vs T, the model's arguments (built
-    on the meta device) and the memory the per-step curves need."""
-    from .data import dataset_config
-    from .models.build import activation_sites, model_spec
-
+    on the meta device) and the memory the per-step curves need. The two validated configs are what the
+    stages read from then on (``prepare`` converts with the ``ConversionConfig`` as it is)."""
     ecfg = from_mapping(EvalConfig, cfg)
     ds = dataset_config(ecfg.dataset)
-    conv = conversion_config(to_plain(cfg))
-    if conv.sc.enabled and not 1 <= conv.sc.E <= ecfg.T:
-        raise UserError(f"spike confidence acts for t < sc.E={conv.sc.E}, beyond T={ecfg.T}: set 1 <= sc.E <= T "
-                        "or a method without SC")
-    layers = activation_sites(model_spec(to_plain(cfg)["model"]), ds["num_classes"])
+    conv = conversion_config(ecfg, T=ecfg.T)             # the typed groups of ecfg, checked above
+    if conv.sc.enabled:
+        check_sc_steps(conv.sc.E, ecfg.T)
+    layers = activation_sites(model_spec(ecfg.model), ds["num_classes"])
     check_memory(ecfg.T, layers)
     return ecfg, conv
 
@@ -227,13 +225,12 @@ class Prepared:
     calib: list                          # the calibration batches, on device
     ckpt_sha256: str = ""                # of the checkpoint file read: ties the result to its weights
     train_run: dict = dataclasses.field(default_factory=dict)   # the training run: dir, seed, epoch, its test acc
+    steps: list = dataclasses.field(default_factory=list)       # the reported steps (report_steps)
 
 
 def calibration_batches(calib: Any, bundle: Any, seed: int) -> list[torch.Tensor]:
     """``calib.batches`` batches of ``calib.batch_size`` training images (``calib.shuffle``: the seeded
     loader's order); their transform was set when the data was built (``calib.transform``)."""
-    from .data import build_loader
-
     loader = build_loader(bundle.calib, batch_size=calib.batch_size, shuffle=calib.shuffle, seed=seed)
     out = []
     for x, _ in loader:
@@ -243,34 +240,31 @@ def calibration_batches(calib: Any, bundle: Any, seed: int) -> list[torch.Tensor
     return out
 
 
+def checkpoint_path(ecfg: EvalConfig, resolved: Mapping) -> Path:
+    """The checkpoint the run converts: ``ckpt``, or train_ann.py's default path for the dataset and model."""
+    return Path(ecfg.ckpt) if ecfg.ckpt else default_ckpt_path(resolved)
+
+
 def prepare(ecfg: EvalConfig, conv: ConversionConfig, resolved: dict, run_dir: Path, env: DistEnv,
             device: torch.device) -> Prepared:
     """Checkpoint, data, the ANN (rebuilt from the checkpoint's spec), calibration batches, conversion."""
-    import msat
-    from .data import build_data
-    from .models import build_model
-    from .models.build import check_input
-
     seed_everything(ecfg.seed)
     if device.type == "cpu" and ecfg.sim.tune_malloc:
-        from .simulation import tune_cpu_allocator
-
         tune_cpu_allocator()          # the command line owns its process (a library caller opts in)
-    ckpt_path = Path(ecfg.ckpt) if ecfg.ckpt else default_ckpt_path(resolved)
+    ckpt_path = checkpoint_path(ecfg, resolved)
     ckpt = load_checkpoint(ckpt_path, dataset=ecfg.dataset["name"], model=ecfg.model.name)
     ckpt_sha = file_sha256(ckpt_path)
     train_run = {k: ckpt.get(k) for k in ("run_dir", "seed", "epoch", "test_acc")} if "model_spec" in ckpt else {}
     bundle = build_data(ecfg.dataset, artifacts=ckpt.get("artifacts") or None, calib_transform=conv.calib.transform)
     check_shards(len(bundle.test), ecfg.sim.batch_size, env.world_size)
-    model, spec = build_model(resolved["model"], bundle.num_classes, bundle.model_kwargs, ckpt)
+    model, spec = build_model(ecfg.model, bundle.num_classes, bundle.model_kwargs, ckpt)
     load_model_weights(model, ckpt)
     check_input(model, bundle.test[0][0].unsqueeze(0), spec, bundle.name)
     model = model.to(device).eval()
     calib = [x.to(device) for x in calibration_batches(conv.calib, bundle, ecfg.seed)]
-    snn = msat.convert(model, calib, conv).to(device).eval()
+    snn = convert(model, calib, conv).to(device).eval()
     return Prepared(ecfg, conv, resolved, run_dir, env, device, ckpt_path, bundle, model, spec, snn, calib,
-                    ckpt_sha, train_run)
-
+                    ckpt_sha, train_run, report_steps(ecfg.T, ecfg.report_T))
 
 
 # ----------------------------------------------------------------------------- stage: simulate
@@ -287,78 +281,121 @@ class Counts:
     resumed_images: int
 
 
+class EvalState:
+    """This rank's periodic state (``eval_state[.rankN].pt`` in the run directory): the raw counts of the
+    batches done so far, saved every ``sim.checkpoint_every`` batches and on a stop signal (:meth:`save`),
+    continued by ``resume=true`` (:meth:`resume`). Its fingerprint ties it to the config and the ANN weights."""
+
+    def __init__(self, prep: Prepared, stats: SpikeStats, accs: AccuracyCurve, ann_counts: torch.Tensor):
+        self.prep, self.stats, self.accs, self.ann_counts = prep, stats, accs, ann_counts
+        self.rank, self.world = prep.env.rank, prep.env.world_size
+        self.path = state_path(prep.run_dir, self.rank, self.world)
+        self.fingerprint = {"config": config_fingerprint(prep.resolved, self.world),
+                            "weights": weights_fingerprint(prep.model)}
+
+    def resume(self) -> int:
+        """Load the state into the counts; returns the batches of this rank it holds (0: none yet)."""
+        state = load_eval_state(self.path, self.fingerprint, self.prep.run_dir, self.world, self.prep.device)
+        if state is None:
+            return 0
+        start = int(state["batches_done"])
+        self.stats.load_state_tensors(state["spike_stats"])
+        self.accs.load_state_tensors(state["accuracy"])
+        self.ann_counts.copy_(state["ann_counts"])
+        log.info("resume: %s holds %d batches of rank %d; continuing at batch %d", self.path, start, self.rank,
+                 state["next_batch"])
+        return start
+
+    def save(self, done: int, next_batch: int) -> None:
+        """The counts after ``done`` batches of this rank, ``next_batch`` the split's batch it continues at."""
+        atomic_torch_save({"batches_done": done, "next_batch": next_batch, "rank": self.rank,
+                           "world_size": self.world, "fingerprint": self.fingerprint,
+                           "spike_stats": {k: v.cpu() for k, v in self.stats.state_tensors().items()},
+                           "accuracy": {k: v.cpu() for k, v in self.accs.state_tensors().items()},
+                           "ann_counts": self.ann_counts.cpu()}, self.path)
+
+    def after_batch(self, i: int, done: int, batch: int, signals: StopSignals) -> None:
+        """After this process's ``i``-th batch (``done`` of this rank in all, ``batch`` of the split): save every
+        ``sim.checkpoint_every`` batches; on a stop signal save and raise ``Interrupted`` with the resume line;
+        ``sim.stop_after_batches`` raises ``StopRequested``."""
+        sim = self.prep.cfg.sim
+        if (sim.checkpoint_every and done % sim.checkpoint_every == 0) or signals.requested:
+            self.save(done, batch + self.world)
+        if signals.requested:
+            cmd = resume_command("resume=true", f"hydra.run.dir={self.prep.run_dir}")
+            raise Interrupted(f"{signal.Signals(signals.requested).name}: stopped after {done} test "
+                              f"batches of rank {self.rank}, state saved to {self.path}; resume with: {cmd}",
+                              signals.requested)
+        if sim.stop_after_batches is not None and i >= sim.stop_after_batches:
+            raise StopRequested(f"sim.stop_after_batches={sim.stop_after_batches}: stopped after {i} batches of "
+                                f"rank {self.rank}")
+
+
+class SplitProgress:
+    """Progress over the test split on rank 0 (``sim.progress``): a bar on a terminal, otherwise a log line every
+    10 %; ``done``: images already counted (a resumed run)."""
+
+    def __init__(self, prep: Prepared, done: int):
+        n, T, main = len(prep.bundle.test), prep.cfg.T, prep.env.rank == 0 and prep.cfg.sim.progress
+        self.bar = self.plog = None
+        if main and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=n, initial=min(done, n), desc=f"simulate T={T}", unit="img", dynamic_ncols=True)
+        elif main:                                                   # no terminal: a log line every 10 %
+            self.plog = ProgressLog(n, f"simulate T={T}", "images", done=min(done, n), logger=log)
+
+    def update(self, images: int) -> None:
+        if self.bar is not None:
+            self.bar.update(images)
+        elif self.plog is not None:
+            self.plog.update(images)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def simulate_batch(prep: Prepared, x: torch.Tensor, y: torch.Tensor, b: int, gen: torch.Generator,
+                   stats: SpikeStats, accs: AccuracyCurve, ann_counts: torch.Tensor) -> None:
+    """The split's batch ``b``: the ANN's hits counted, then the SNN simulated to T into the observers (its SC
+    draws seeded by the run's seed and ``b``, so they are the same under sharding)."""
+    cfg, sim = prep.cfg, prep.cfg.sim
+    x, y = x.to(prep.device), y.to(prep.device)
+    ann_hit = prep.model(x).argmax(-1) == y
+    ann_counts[0] += ann_hit.sum()
+    ann_counts[1] += y.shape[0]
+    gen.manual_seed(cfg.seed * 1_000_003 + b)            # per batch: identical under sharding
+    accs.set_labels(y, torch.arange(b * sim.batch_size, b * sim.batch_size + y.shape[0]))
+    accs.record_ann(ann_hit)
+    simulate(prep.snn, x, cfg.T, chunk=sim.chunk, generator=gen, observers=(stats, accs), return_output=False,
+             options=sim)
+
+
 def simulate_split(prep: Prepared, signals: StopSignals | None = None) -> Counts:
     """Simulate this rank's test batches to T (resuming from a state when asked), then sum over ranks.
 
     ``signals``: after SIGINT / SIGTERM the state is saved at the next batch boundary and ``Interrupted``
     says how to resume."""
-    import msat
-    from .measure import AccuracyCurve, SpikeStats
-
-    cfg, sim, env, device = prep.cfg, prep.cfg.sim, prep.env, prep.device
-    rank, world = env.rank, env.world_size
+    env, device = prep.env, prep.device
     stats = SpikeStats()
-    accs = AccuracyCurve(record_steps=report_steps(cfg.T, cfg.report_T), n_images=len(prep.bundle.test))
+    accs = AccuracyCurve(record_steps=prep.steps, n_images=len(prep.bundle.test))
     ann_counts = torch.zeros(2, dtype=torch.int64, device=device)   # correct, total (device: NCCL reduces)
-    every, stop = sim.checkpoint_every, sim.stop_after_batches
-    fingerprint = {"config": config_fingerprint(prep.resolved, world), "weights": weights_fingerprint(prep.model)}
-    spath, start = state_path(prep.run_dir, rank, world), 0          # start: batches of this rank in the state
-    state = load_eval_state(spath, fingerprint, prep.run_dir, world, device) if cfg.resume else None
-    if state is not None:
-        start = int(state["batches_done"])
-        stats.load_state_tensors(state["spike_stats"])
-        accs.load_state_tensors(state["accuracy"])
-        ann_counts.copy_(state["ann_counts"])
-        log.info("resume: %s holds %d batches of rank %d; continuing at batch %d", spath, start, rank,
-                 state["next_batch"])
+    state = EvalState(prep, stats, accs, ann_counts)
+    start = state.resume() if prep.cfg.resume else 0                 # batches of this rank in the state
     resumed = torch.tensor([int(ann_counts[1])], device=device)
-    loader, batch_ids = shard_loader(prep.bundle.test, sim.batch_size, rank, world, start=start)
+    loader, batch_ids = shard_loader(prep.bundle.test, prep.cfg.sim.batch_size, env.rank, env.world_size,
+                                     start=start)
     gen = torch.Generator(device=device)
-    bar = plog = None
-    n = len(prep.bundle.test)
-    if rank == 0 and sim.progress and sys.stderr.isatty():
-        from tqdm import tqdm
-
-        bar = tqdm(total=n, initial=min(int(ann_counts[1]) * world, n), desc=f"simulate T={cfg.T}", unit="img",
-                   dynamic_ncols=True)
-    elif rank == 0 and sim.progress:                                 # no terminal: a log line every 10 %
-        plog = ProgressLog(n, f"simulate T={cfg.T}", "images", done=min(int(ann_counts[1]) * world, n), logger=log)
-    def save(done: int, next_batch: int) -> None:
-        atomic_torch_save({"batches_done": done, "next_batch": next_batch, "rank": rank, "world_size": world,
-                           "fingerprint": fingerprint,
-                           "spike_stats": {k: v.cpu() for k, v in stats.state_tensors().items()},
-                           "accuracy": {k: v.cpu() for k, v in accs.state_tensors().items()},
-                           "ann_counts": ann_counts.cpu()}, spath)
-
+    progress = SplitProgress(prep, int(ann_counts[1]) * env.world_size)
     t_sim = time.perf_counter()
     signals = signals or StopSignals()
     with torch.no_grad():
         for i, (b, (x, y)) in enumerate(zip(batch_ids, loader), start=1):
-            x, y = x.to(device), y.to(device)
-            ann_hit = prep.model(x).argmax(-1) == y
-            ann_counts[0] += ann_hit.sum()
-            ann_counts[1] += y.shape[0]
-            gen.manual_seed(cfg.seed * 1_000_003 + b)            # per batch: identical under sharding
-            accs.set_labels(y, torch.arange(b * sim.batch_size, b * sim.batch_size + y.shape[0]))
-            accs.record_ann(ann_hit)
-            msat.simulate(prep.snn, x, cfg.T, chunk=sim.chunk, generator=gen, observers=(stats, accs),
-                          return_output=False, fused=sim.fused, precision=sim.precision,
-                          cuda_graphs=sim.cuda_graphs, channels_last=sim.channels_last, chunk_bytes=sim.chunk_bytes)
-            if bar is not None:
-                bar.update(y.shape[0] * world)
-            elif plog is not None:
-                plog.update(y.shape[0] * world)
-            if (every and (start + i) % every == 0) or signals.requested:
-                save(start + i, b + world)
-            if signals.requested:
-                cmd = resume_command("resume=true", f"hydra.run.dir={prep.run_dir}")
-                raise Interrupted(f"{signal.Signals(signals.requested).name}: stopped after {start + i} test "
-                                  f"batches of rank {rank}, state saved to {spath}; resume with: {cmd}",
-                                  signals.requested)
-            if stop is not None and i >= stop:
-                raise StopRequested(f"sim.stop_after_batches={stop}: stopped after {i} batches of rank {rank}")
-    if bar is not None:
-        bar.close()
+            simulate_batch(prep, x, y, b, gen, stats, accs, ann_counts)
+            progress.update(y.shape[0] * env.world_size)
+            state.after_batch(i, start + i, b, signals)
+    progress.close()
     sim_seconds = time.perf_counter() - t_sim
     all_reduce_sum([ann_counts, resumed])
     stats.all_reduce()
@@ -390,33 +427,40 @@ def method_record(snn: Any) -> dict:
             "conversion": dataclasses.asdict(snn.cfg)}
 
 
+def layer_rows(snn: Any, stats: SpikeStats, t_stat: int, T: int) -> list[dict]:
+    """One row per spiking layer: its scale, firing rate at T, negative spikes, SIN ratio, q and ANS at
+    ``t_stat``, the SC probability."""
+    at_e, at_T = stats.at(t_stat), stats.at(T)
+    scales, sc_p = snn.scales, snn.sc.p
+    negative = stats.negative_spikes()
+    return [{"name": n, "scale": _scale_value(scales[n]), "firing_rate": at_T[n]["firing_rate"],
+             "negative_spikes": negative.get(n, 0),
+             "sin_ratio": at_e[n]["sin_ratio"], "q": at_e[n]["q"], "ans": at_e[n]["ans"], "p": sc_p.get(n)}
+            for n, _ in snn.neuron_layers()]
+
+
+def energy_records(prep: Prepared, stats: SpikeStats) -> tuple[dict, dict]:
+    """The energy report at T (with the mean firing rate) and, at every reported step, its ratio and rate."""
+    macs = layer_macs(prep.model, prep.calib[0][:1])
+    neurons, rates = stats.neurons_per_sample(), stats.mean_firing_rate()
+    energy = energy_report(prep.snn, macs, stats.mean_spike_count(), neurons=neurons)
+    energy["mean_firing_rate"] = rates[-1]
+    energy_at = {str(t): {"ratio": energy_report(prep.snn, macs, stats.mean_spike_count(t), neurons=neurons)["ratio"],
+                          "mean_firing_rate": rates[t - 1]} for t in prep.steps}
+    return energy, energy_at
+
+
 def summarize(prep: Prepared, counts: Counts, t_start: float) -> dict:
     """The metrics dict of the run (the schema of ``metrics.json``)."""
-    from .measure import energy_report, layer_macs
-
     cfg, snn = prep.cfg, prep.snn
     T, total, ann_correct = cfg.T, counts.total, counts.ann_correct
-    steps = report_steps(T, cfg.report_T)
     correct = counts.accs.correct.cpu().tolist()
     acc = [c / total for c in correct]
     E = prep.conv.sc.E
     t_stat = min(E, T) if E > 0 else T
-    stats = counts.stats
-    curves = stats.curves()
-    at_e, at_T = stats.at(t_stat), stats.at(T)
+    curves = counts.stats.curves()
     names = [n for n, _ in snn.neuron_layers()]
-    scales, sc_p = snn.scales, snn.sc.p
-    negative = stats.negative_spikes()
-    layers = [{"name": n, "scale": _scale_value(scales[n]), "firing_rate": at_T[n]["firing_rate"],
-               "negative_spikes": negative.get(n, 0),
-               "sin_ratio": at_e[n]["sin_ratio"], "q": at_e[n]["q"], "ans": at_e[n]["ans"], "p": sc_p.get(n)}
-              for n in names]
-    macs = layer_macs(prep.model, prep.calib[0][:1])
-    neurons, rates = stats.neurons_per_sample(), stats.mean_firing_rate()
-    energy = energy_report(snn, macs, stats.mean_spike_count(), neurons=neurons)
-    energy["mean_firing_rate"] = rates[-1]
-    energy_at = {str(t): {"ratio": energy_report(snn, macs, stats.mean_spike_count(t), neurons=neurons)["ratio"],
-                          "mean_firing_rate": rates[t - 1]} for t in steps}
+    energy, energy_at = energy_records(prep, counts.stats)
     metrics = {
         "name": cfg.name,
         "method": method_record(snn),
@@ -424,16 +468,16 @@ def summarize(prep: Prepared, counts: Counts, t_start: float) -> dict:
         "model": prep.spec["name"],
         "ann_acc": ann_correct / total,
         "acc": acc,
-        "acc_at": {str(t): acc[t - 1] for t in steps},
+        "acc_at": {str(t): acc[t - 1] for t in prep.steps},
         "steps_to_lossless": steps_to_lossless(correct, ann_correct, total, cfg.lossless_tol),
         "lossless_tol": cfg.lossless_tol,
         "counts": {"ann_correct": ann_correct, "correct": correct, "total": total},
         "per_image": counts.accs.per_image(),
         "stats_t": t_stat,
-        "layers": layers,
+        "layers": layer_rows(snn, counts.stats, t_stat, T),
         "sin_curve": {n: curves[n]["sin_ratio"] for n in names},
         "firing_curve": {n: curves[n]["firing_rate"] for n in names},
-        "negative_spikes": sum(negative.values()),
+        "negative_spikes": sum(counts.stats.negative_spikes().values()),
         "energy": energy,
         "energy_at": energy_at,
         "config": prep.resolved,
@@ -465,22 +509,23 @@ def log_run(rl: Any, metrics: dict, steps: list[int]) -> None:
                     "mean_firing_rate": e["mean_firing_rate"], **{f"acc@T{t}": metrics["acc"][t - 1] for t in steps}})
 
 
+def write_files(st: Staging, metrics: dict, prep: Prepared, rl: Any) -> None:
+    """The files of the run's set, into the staging directory: the accuracy curve, the config, the logger's
+    local files, the plots."""
+    rows = "".join(f"{t},{a!r}\n" for t, a in enumerate(metrics["acc"], start=1))
+    atomic_write_text(st.path("acc_curve.csv"), "t,acc\n" + rows)
+    write_config(st.path("config.yaml"), prep.resolved)
+    rl.write_local(st.dir)
+    reporting.plot_acc_vs_T(metrics, st.path("acc_vs_T.png"))
+    reporting.plot_layer_curves(metrics["sin_curve"], st.path("sin_ratio.png"), "SIN ratio")
+    reporting.plot_firing_rate(metrics["layers"], st.path("firing_rate.png"))
+
+
 def write(metrics: dict, prep: Prepared, rl: Any) -> dict:
     """Commit the run's files as one set (staged, then moved in, ``metrics.json`` last); returns it."""
-    from . import reporting
-    from .training import write_config
-
-    steps = report_steps(prep.cfg.T, prep.cfg.report_T)
-    log_run(rl, metrics, steps)
-    with Staging(prep.run_dir, expected_bytes=len(json.dumps(metrics, default=str))) as st:
-        rows = "".join(f"{t},{a!r}\n" for t, a in enumerate(metrics["acc"], start=1))
-        atomic_write_text(st.path("acc_curve.csv"), "t,acc\n" + rows)
-        write_config(st.path("config.yaml"), prep.resolved)
-        rl.write_local(st.dir)
-        reporting.plot_acc_vs_T(metrics, st.path("acc_vs_T.png"))
-        reporting.plot_layer_curves(metrics["sin_curve"], st.path("sin_ratio.png"), "SIN ratio")
-        reporting.plot_firing_rate(metrics["layers"], st.path("firing_rate.png"))
-        out = st.commit(metrics)
+    log_run(rl, metrics, prep.steps)
+    out = commit_set(prep.run_dir, metrics, lambda st: write_files(st, metrics, prep, rl),
+                     expected_bytes=len(json.dumps(metrics, default=str)))
     for r in range(prep.env.world_size):              # the run is complete: its states are stale
         state_path(prep.run_dir, r, prep.env.world_size).unlink(missing_ok=True)
     return out
@@ -489,8 +534,6 @@ def write(metrics: dict, prep: Prepared, rl: Any) -> dict:
 # ----------------------------------------------------------------------------- the run
 
 def default_run_dir(cfg: EvalConfig) -> Path:
-    from .runs import run_id
-
     return Path(cfg.paths.output_dir) / "convert_eval" / cfg.name / run_id()
 
 
@@ -528,42 +571,27 @@ def run(cfg: Any, run_dir: str | os.PathLike | None = None) -> dict:
     """Convert, simulate and measure; commit the run directory; return the metrics dict.
 
     ``run_dir``: default the Hydra job directory, outside Hydra
-    ``${paths.output_dir}/convert_eval/<name>/<run id>``.
+    ``${paths.output_dir}/convert_eval/<name>/<run id>``. The run is held by :func:`msat.runs.run_in_dir`
+    (its lock, signals, the logger and the process group closed on every path).
     """
-    from . import reporting
-    from .loggers import RunLogger
-
     t_start = time.perf_counter()
     ecfg, conv = check_config(cfg)
     resolved = dict(to_plain(cfg))
     run_dir = Path(run_dir) if run_dir is not None else (hydra_run_dir() or default_run_dir(ecfg))
-    ckpt_path = Path(ecfg.ckpt) if ecfg.ckpt else default_ckpt_path(resolved)
-    if ecfg.skip_done and (done := reusable(run_dir, resolved, ckpt_path)) is not None:
+    if ecfg.skip_done and (done := reusable(run_dir, resolved, checkpoint_path(ecfg, resolved))) is not None:
         log.info("skip_done: %s already holds this run's metrics.json", run_dir)
         return done
-    env, device = setup_distributed(ecfg.device)
-    if env.is_main:
-        print(start_line(ecfg, conv, run_dir), flush=True)
-    rl = None
-    try:
-        with RunLock(run_dir) if env.is_main else nullcontext(), StopSignals() as signals:
-            prep = prepare(ecfg, conv, resolved, run_dir, env, device)
-            rl = RunLogger(ecfg.logger, run_dir, resolved, enabled=env.is_main, local=False)
-            counts = simulate_split(prep, signals)
-            metrics = summarize(prep, counts, t_start)
-            if env.is_main:
-                metrics = write(metrics, prep, rl)
-                print(reporting.run_summary(metrics, report_steps(ecfg.T, ecfg.report_T)), flush=True)
-                print(end_line(metrics, run_dir), flush=True)
-        if rl is not None:
-            rl.finish(exit_code=0)
-        return metrics
-    finally:
-        if rl is not None:
-            rl.finish(exit_code=1)                    # no-op after a clean finish
-        if env.owns_group:
-            dist.destroy_process_group()
+    with run_in_dir(run_dir, ecfg.device, announce=start_line(ecfg, conv, run_dir)) as job:
+        prep = prepare(ecfg, conv, resolved, run_dir, job.env, job.device)
+        rl = job.open_logger(ecfg.logger, resolved, local=False)
+        counts = simulate_split(prep, job.signals)
+        metrics = summarize(prep, counts, t_start)
+        if job.env.is_main:
+            metrics = write(metrics, prep, rl)
+            print(reporting.run_summary(metrics, prep.steps), flush=True)
+            print(end_line(metrics, run_dir), flush=True)
+    return metrics
 
 
 __all__ = ["run", "prepare", "simulate_split", "summarize", "write", "check_config", "report_steps",
-           "Prepared", "Counts", "StopRequested"]
+           "Prepared", "Counts", "StopRequested", "EvalState"]

@@ -1,18 +1,33 @@
-"""Spiking neurons (SPEC section 2): pure step functions and a thin stateful module shell.
+"""Spiking neurons (SPEC section 2): the step functions, stated once, and a thin stateful module shell.
 
-The pure functions state the equations once, over explicit state; they never mutate their inputs:
-``fire``, ``reset_potential``, ``fixed_step`` (integrate-and-fire, th = k*theta), ``msat_threshold``
-/ ``msat_step`` (MSAT), ``signed_step`` (SpiCalib's negative spikes) and ``spike_confidence``.
-``SpikingNeuron`` holds the state of one layer and runs the same equations over a chunk of time
-steps with in-place operations on preallocated buffers (tests check that both agree, for every
-option). ``reset_net(module)`` clears the state of every stateful module of a network.
+The equations of one time step are written once, one function per dynamics, and both engines call them:
 
-Units: the pure functions work in the neuron's own units, where the layer scale is ``theta``
+- ``if_step``: integrate and fire against a given threshold th(t) (k*theta, or MSAT's): V_pre = V + z,
+  s = clamp(floor(V_pre/th), 0, gamma), spike confidence (``keep``, ``emitted``/``filtered``), soft or hard
+  reset, an optional filter after the reset (SpiCalib's negative spikes) and SRP's output mask;
+- ``msat_det`` and ``msat_threshold``: MSAT's threshold th(t) for t >= 1 (DET, then DTT and the sigmoid);
+- ``signed_step``: SpiCalib's negative spikes (the filter ``if_step`` applies after the reset);
+- ``sc_keep``: the spike-confidence draws c ~ Bernoulli(p) of one step.
+
+Each step function runs in one of two forms of the same operations, picked by its buffer arguments:
+given them (``s=`` of ``if_step``, ``th=`` / ``d=`` / ``x=`` of ``msat_threshold``, ``e=`` of ``msat_det``),
+it writes its results into them and updates the state ``v`` in place (the eager engine,
+``SpikingNeuron._loop``: no allocation per step); without them it mutates nothing and returns new tensors
+(the fused step, ``fused_step``, traced by ``torch.compile``). The two forms differ only where a kernel of
+the eager form rounds once what the functional form rounds twice: the soft reset (``sub_(alpha=th)`` /
+``addcmul_`` vs ``v - s*th``), MSAT's ``x + tau_mp*alpha*d`` (``add_(alpha=)``) and, when 1/t is a Python
+number (the eager loop outside CUDA graphs), ``d = V - Vbar``. They are marked where they occur.
+
+``SpikingNeuron`` holds the state of one layer and runs these steps over a chunk of time steps: eagerly
+(``_loop``) or one fused kernel per step (``_loop_fused``). ``reset_net(module)`` clears the state of
+every stateful module of a network.
+
+Units: the step functions work in the neuron's own units, where the layer scale is ``theta``
 (``raw`` units: theta = theta_l; ``normalized`` units: theta = 1, the input is z/theta_l and the
 output is multiplied back by theta_l). ``V_T = -theta`` in both cases.
 
 What a neuron does not own: spike-confidence settings (``SCLayer``, handed in by the engine from the
-network's ``SCState``) and recording in ANN mode (forward hooks, ``msat.methods.base.record_inputs``).
+network's ``SCState``) and recording in ANN mode (forward hooks, ``msat.network.record_inputs``).
 """
 from __future__ import annotations
 
@@ -20,7 +35,7 @@ import dataclasses
 import math
 import types
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 
 import torch
 import torch.nn as nn
@@ -38,58 +53,109 @@ def _exp_cap(dtype: torch.dtype) -> float:
     return math.log(torch.finfo(dtype).max) - 8.0
 
 
-# ----------------------------------------------------------------------------- pure functions
-
-def fire(v_pre: Tensor, th: Scalar, gamma: int = 1) -> Tensor:
-    """Spike count ``s = clamp(floor(V_pre / th), 0, gamma)`` (th > 0)."""
-    return torch.clamp(torch.floor(v_pre / th), 0, gamma)
+def _op(fn, *args, out: Optional[Tensor] = None, **kw) -> Tensor:
+    """``fn(*args, out=out)`` into a buffer, or ``fn(*args)`` (a new tensor) when ``out`` is None."""
+    return fn(*args, **kw) if out is None else fn(*args, out=out, **kw)
 
 
-def reset_potential(v_pre: Tensor, th: Scalar, s_reset: Tensor, hard: bool = False) -> Tensor:
-    """Residual potential: soft ``V_pre - th * s_reset``; hard ``0 where s_reset > 0``."""
-    if hard:
-        return torch.where(s_reset > 0, torch.zeros_like(v_pre), v_pre)
-    return v_pre - th * s_reset
+# ----------------------------------------------------------------------------- the step functions
+
+def _fire(v: Tensor, th: Scalar, gamma: int, s: Optional[Tensor]) -> Tensor:
+    """Spike count ``s = clamp(floor(V_pre / th), 0, gamma)`` (th > 0), into ``s`` when given."""
+    if gamma == 1:                                         # the exact form of clamp(floor(v/th), 0, 1)
+        return torch.ge(v, th).to(v.dtype) if s is None else torch.ge(v, th, out=s)
+    if s is not None and s.dtype != v.dtype:               # bf16 spikes: count in the state's precision
+        return s.copy_(torch.div(v, th).floor_().clamp_(0, gamma))
+    return _op(torch.div, v, th, out=s).floor_().clamp_(0, gamma)
 
 
-def fixed_step(z: Tensor, v: Tensor, th: Scalar, gamma: int = 1, hard: bool = False) -> tuple[Tensor, Tensor]:
-    """One step with a constant threshold ``th``: returns ``(s, v_next)``; inputs are not mutated."""
-    v_pre = v + z
-    s = fire(v_pre, th, gamma)
-    return s, reset_potential(v_pre, th, s, hard)
+def if_step(z: Tensor, v: Tensor, th: Scalar, gamma: int = 1, hard: bool = False, keep: Optional[Tensor] = None,
+            filtered: bool = False, mask: Optional[Tensor] = None,
+            after_reset: Optional[Callable[[Tensor], Tensor]] = None,
+            s: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+    """One integrate-and-fire step of SPEC 2 against the threshold ``th`` = th(t): returns ``(s_out, V(t))``.
 
+    ``V_pre = V(t-1) + z``; ``s = clamp(floor(V_pre / th), 0, gamma)`` (gamma = 1: IF, > 1: burst); spike
+    confidence ``s_out = c * s`` with ``keep`` the draws c as 0/1 (None: SC off at this step); the reset
+    with ``s_reset = s_out`` if ``filtered`` (paper Eq. 20) else ``s`` (``emitted``): soft
+    ``V = V_pre - th * s_reset``, ``hard``: ``V = 0 where s_reset > 0``; then ``after_reset`` (SpiCalib's
+    ``signed_step`` on the spikes that reset the neuron) and ``mask`` (SRP: a masked neuron integrates and
+    resets as usual, its spikes are not emitted). The output o = s_out * th is the caller's.
 
-def msat_threshold(z: Tensor, v_prev: Tensor, vbar_prev: Optional[Tensor], t: int, theta: Scalar,
-                   hp: NeuronConfig) -> Tensor:
-    """MSAT threshold ``th(t)`` (SPEC 2): ``theta`` at t = 0, else
-    ``theta * sigmoid(use_dtt * DTT + use_det * DET)`` with ``d = V(t-1) - Vbar(t-1)``,
-    ``DTT = tau_mp*(alpha*d + V_T + k_a*softplus(d/k_i))``, ``DET = tau_rd*exp(-z(t)/C)``,
-    ``V_T = -theta``. ``vbar_prev`` is the mean of V(0..t-1). Inputs are not mutated.
+    With the buffer ``s`` (the eager engine): V is updated in place in ``v`` and the spike counts are
+    written into ``s``; the soft reset rounds once (``sub_(s, alpha=th)``, ``addcmul_``). Without (the fused
+    step): inputs are not mutated and the soft reset is ``V_pre - s * th``.
     """
-    theta_t = torch.as_tensor(theta, dtype=v_prev.dtype, device=v_prev.device)
-    if t == 0:
-        return torch.ones_like(v_prev) * theta_t
-    x = torch.zeros_like(v_prev)
+    inplace = s is not None
+    v = v.add_(z) if inplace else v + z                    # V_pre(t); from here on v is ours in both forms
+    s = _fire(v, th, gamma, s)
+    if keep is not None and filtered:
+        s.mul_(keep)                                       # s_reset = s_out
+    if hard:
+        v.masked_fill_(s > 0, 0.0)
+    elif not inplace:
+        v.sub_(s * th)                                     # functional form: two roundings
+    elif isinstance(th, float):
+        v.sub_(s, alpha=th)                                # eager form: one rounding
+    else:
+        v.addcmul_(s, th, value=-1.0)                      # eager form: one rounding
+    if after_reset is not None:
+        s.copy_(after_reset(s))
+    if keep is not None and not filtered:
+        s.mul_(keep)                                       # s_out = c * s, after the reset
+    if mask is not None:
+        s.mul_(mask)
+    return s, v
+
+
+def msat_det(z: Tensor, theta: Scalar, hp: NeuronConfig, cap: float, e: Optional[Tensor] = None) -> Tensor:
+    """MSAT's ``DET(t) = tau_rd * exp(-z(t) / C)`` (SPEC 2), plus ``tau_mp * V_T`` (``V_T = -theta``) when DTT
+    is on (the constant of the sum ``msat_threshold`` adds it to); the exponent is capped at ``cap``
+    (``_exp_cap``) so that it stays finite. Into the buffer ``e`` when given."""
+    e = _op(torch.mul, z, -1.0 / hp.C, out=e).clamp_max_(cap).exp_()
+    if hp.tau_rd != 1.0:
+        e.mul_(hp.tau_rd)
     if hp.use_dtt:
-        d = v_prev - vbar_prev
-        dtt = hp.tau_mp * (hp.alpha * d - theta_t + hp.k_a * F.softplus(d / hp.k_i))
-        x = x + dtt
-    if hp.use_det:
-        det = hp.tau_rd * torch.exp(torch.clamp(-z / hp.C, max=_exp_cap(z.dtype)))
-        x = x + det
-    th = theta_t * torch.sigmoid(x)
-    return torch.clamp(th, min=torch.finfo(th.dtype).tiny)
+        e.add_(hp.tau_mp * -theta)
+    return e
 
 
-def msat_step(z: Tensor, v: Tensor, vsum: Tensor, t: int, theta: Scalar, hp: NeuronConfig,
-              gamma: int = 1, hard: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """One MSAT step: returns ``(s, th, v_next, vsum_next)``; ``vsum`` is the sum of V(0..t-1)."""
-    vbar = vsum / t if t > 0 else None
-    th = msat_threshold(z, v, vbar, t, theta, hp)
-    v_pre = v + z
-    s = fire(v_pre, th, gamma)
-    v_next = reset_potential(v_pre, th, s, hard)
-    return s, th, v_next, vsum + v_next
+def msat_threshold(v: Tensor, vsum: Tensor, inv_t: Scalar, e: Optional[Tensor], theta: Scalar, hp: NeuronConfig,
+                   gamma: int = 1, d: Optional[Tensor] = None, x: Optional[Tensor] = None,
+                   th: Optional[Tensor] = None) -> Tensor:
+    """MSAT's threshold ``th(t)`` for t >= 1 (SPEC 2; th(0) = theta is the caller's):
+    ``theta * sigmoid(use_dtt * DTT + use_det * DET)`` with ``d = V(t-1) - Vbar(t-1)``,
+    ``DTT = tau_mp*(alpha*d + V_T + k_a*softplus(d/k_i))``, ``V_T = -theta``, and ``e`` = ``msat_det``.
+
+    ``v`` = V(t-1), ``vsum`` = sum of V(0..t-1), ``inv_t`` = 1/t: a Python number (``d`` in one rounding) or a
+    tensor (two; one compiled kernel or CUDA graph serves every step). For gamma > 1 the threshold is kept
+    above 0 (V/th must not be 0/0; gamma 1 compares). Buffers ``d``, ``x``, ``th`` (the eager engine): the
+    results go into them and ``x + tau_mp*alpha*d`` rounds once; without them nothing is mutated.
+    """
+    inplace = th is not None
+    if hp.use_dtt:
+        if isinstance(inv_t, Tensor):                      # d = V(t-1) - Vbar(t-1)
+            d = _op(torch.sub, v, _op(torch.mul, vsum, inv_t, out=d), out=d)
+        else:
+            d = _op(torch.add, v, vsum, alpha=-inv_t, out=d)
+        beta = 1.0 / hp.k_i
+        x = F.softplus(d, beta) if x is None else torch.ops.aten.softplus.out(d, beta, 20.0, out=x)
+        c_sp = hp.tau_mp * hp.k_a / hp.k_i
+        if c_sp != 1.0:
+            x.mul_(c_sp)
+        c_d = hp.tau_mp * hp.alpha
+        x.add_(d, alpha=c_d) if inplace else x.add_(d * c_d)   # eager form: one rounding; functional: two
+        x.add_(e if hp.use_det else hp.tau_mp * -theta)   # + DET (which holds tau_mp * V_T), or tau_mp * V_T
+        th = _op(torch.sigmoid, x, out=th)
+    elif hp.use_det:
+        th = _op(torch.sigmoid, e, out=th)
+    else:
+        th = (torch.empty_like(v) if th is None else th).fill_(0.5)
+    if not (isinstance(theta, float) and theta == 1.0):
+        th.mul_(theta)
+    if gamma > 1:
+        th.clamp_min_(torch.finfo(th.dtype).tiny)
+    return th
 
 
 @dataclass
@@ -140,60 +206,17 @@ def signed_step(s: Tensor, st: SignedState, t: int, allowance: float,
     return s, SignedState(n, isi, t_last, net)
 
 
-def spike_confidence(s: Tensor, p: float, u: Tensor) -> Tensor:
-    """Spike confidence ``s_out = c * s`` with ``c = (u < p)``, ``u`` uniform draws in [0, 1)."""
-    return s * (u < p).to(s.dtype)
+def sc_keep(sc: Optional["SCLayer"], t: int, u: Tensor) -> Optional[Tensor]:
+    """Spike confidence at step t (SPEC 2): the draws ``c ~ Bernoulli(p)`` per neuron as 0/1 values, in the
+    buffer ``u`` (from the run's generator), for ``if_step``'s ``keep``; None where SC is off (no setting
+    for this layer, or t >= E)."""
+    if sc is None or t >= sc.E:
+        return None
+    torch.rand(u.shape, generator=sc.generator, dtype=u.dtype, device=u.device, out=u)
+    return u.lt_(sc.p)
 
 
 # ----------------------------------------------------------------------------- fused steps
-
-def if_update(z: Tensor, v: Tensor, th: Scalar, gamma: int = 1, hard: bool = False, keep: Optional[Tensor] = None,
-              filtered: bool = False, mask: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
-    """One integrate-and-fire step in the order of operations of ``SpikingNeuron._loop`` (functional, for
-    the fused path): ``(s_out, v_next)``. ``keep``: spike-confidence draws as 0/1 (None: SC off at this
-    step); ``filtered``: dropped spikes do not reset; ``mask``: SRP's output mask."""
-    v = v + z                                              # V_pre(t)
-    if gamma == 1:
-        s = (v >= th).to(v.dtype)                          # the exact form of clamp(floor(v/th), 0, 1)
-    else:
-        s = torch.clamp(torch.floor(v / th), 0, gamma)
-    if keep is not None and filtered:
-        s = s * keep                                       # s_reset = s_out
-    v = torch.where(s > 0, torch.zeros_like(v), v) if hard else v - s * th
-    if keep is not None and not filtered:
-        s = s * keep                                       # s_out = c * s, after the reset
-    if mask is not None:
-        s = s * mask
-    return s, v
-
-
-def msat_adaptive(z: Tensor, v: Tensor, vsum: Tensor, inv_t: Tensor, theta: Scalar, hp: NeuronConfig,
-                  gamma: int = 1) -> Tensor:
-    """MSAT's th(t) for t > 0 (SPEC 2) in the order of operations of ``SpikingNeuron._msat_thresholds``;
-    ``inv_t`` = 1/t as a tensor (so one compiled kernel serves every step)."""
-    c3 = hp.tau_mp * -theta                                # tau_mp * V_T
-    e = None
-    if hp.use_det:
-        e = torch.exp(torch.clamp(z * (-1.0 / hp.C), max=_exp_cap(v.dtype)))
-        if hp.tau_rd != 1.0:
-            e = e * hp.tau_rd
-        if hp.use_dtt:
-            e = e + c3
-    if hp.use_dtt:
-        d = v - vsum * inv_t                               # V(t-1) - Vbar(t-1)
-        x = F.softplus(d, beta=1.0 / hp.k_i)
-        c_sp = hp.tau_mp * hp.k_a / hp.k_i
-        if c_sp != 1.0:
-            x = x * c_sp
-        x = x + d * (hp.tau_mp * hp.alpha)
-        th = torch.sigmoid(x + e if e is not None else x + c3)
-    elif e is not None:
-        th = torch.sigmoid(e)
-    else:
-        th = torch.full_like(v, 0.5)
-    th = th * theta
-    return th.clamp_min(torch.finfo(th.dtype).tiny) if gamma > 1 else th
-
 
 def _make_fused(dynamics: str, hp: NeuronConfig, first: bool, z_in: str, keep: Optional[bool], has_mask: bool,
                 keep_spikes: bool):
@@ -205,11 +228,14 @@ def _make_fused(dynamics: str, hp: NeuronConfig, first: bool, z_in: str, keep: O
     ``keep``: None (no spike confidence at this step), False (``emitted``) or True (``filtered``)."""
     gamma, hard = hp.gamma, hp.reset == "hard"
 
-    def step(z, v, vsum, o_out, s_out, th, scale, inv_t, sc_keep, mask):
+    def step(z, v, vsum, o_out, s_out, th, scale, inv_t, keep_t, mask):
         zz = o_out if z_in == "o" else s_out if z_in == "s" else z
-        thr = msat_adaptive(zz, v, vsum, inv_t, th, hp, gamma) if dynamics == "msat" and not first else th
-        s, v_new = if_update(zz, v, thr, gamma, hard, sc_keep if keep is not None else None, bool(keep),
-                             mask if has_mask else None)
+        thr = th
+        if dynamics == "msat" and not first:
+            e = msat_det(zz, th, hp, _exp_cap(v.dtype)) if hp.use_det else None
+            thr = msat_threshold(v, vsum, inv_t, e, th, hp, gamma)
+        s, v_new = if_step(zz, v, thr, gamma, hard, keep_t if keep is not None else None, bool(keep),
+                           mask if has_mask else None)
         v.copy_(v_new)
         if dynamics == "msat":
             vsum.add_(v_new)
@@ -499,10 +525,7 @@ class SpikingNeuron(MemoryModule):
         steps: dict = {}                                                  # (first, keep) -> the fused step
         for i in range(spikes.shape[0]):
             t = self.t + i
-            keep = None
-            if sc is not None and t < sc.E:
-                torch.rand(u.shape, generator=sc.generator, dtype=u.dtype, device=u.device, out=u)
-                keep = u.lt_(sc.p)                                        # c ~ Bernoulli(p), as 0/1 values
+            keep = sc_keep(sc, t, u)                                      # c ~ Bernoulli(p), or None
             variant = (msat and t == 0, None if keep is None else sc.filtered)
             fn = steps.get(variant)                                       # one registry lookup per chunk, not step
             if fn is None:
@@ -514,103 +537,49 @@ class SpikingNeuron(MemoryModule):
         return out
 
     def _msat_thresholds(self, zs: Tensor, static: bool, theta_in: Scalar, inv_t: Optional[Tensor] = None):
-        """A function (i, t) -> th(t) for the chunk, reading the current state V(t-1) and
-        sum V(0..t-1); the returned tensor is reused at the next step. ``inv_t``: 1/t of the chunk's
-        steps as a tensor (inside a CUDA graph, where a Python 1/t would be frozen)."""
+        """A function (i, t) -> th(t) for the chunk: theta at t = 0, then ``msat_threshold`` on the current state
+        V(t-1) and sum V(0..t-1), into reused buffers (the returned tensor is reused at the next step).
+        ``inv_t``: 1/t of the chunk's steps as a tensor (inside a CUDA graph, where a Python 1/t would be frozen)."""
         cfg = self.cfg
-        c3 = cfg.tau_mp * -theta_in                 # tau_mp * V_T
-        c_sp = cfg.tau_mp * cfg.k_a / cfg.k_i
-        c_d = cfg.tau_mp * cfg.alpha
-        beta = 1.0 / cfg.k_i
         cap = _exp_cap(zs.dtype)
         d, x, th, e = (self._buffer(k, self.v.shape, self.v) for k in ("d", "x", "th", "e"))
-        plain = isinstance(theta_in, float) and theta_in == 1.0
-
-        def det(i: int) -> Tensor:
-            """DET(t) = tau_rd * exp(-z(t)/C) (+ tau_mp * V_T when DTT is on), into ``e``."""
-            torch.mul(zs[i], -1.0 / cfg.C, out=e).clamp_max_(cap).exp_()
-            if cfg.tau_rd != 1.0:
-                e.mul_(cfg.tau_rd)
-            if cfg.use_dtt:
-                e.add_(c3)
-            return e
-
         if static and cfg.use_det:
-            det(0)                                  # the same input every step: once per chunk
+            msat_det(zs[0], theta_in, cfg, cap, e)            # the same input every step: once per chunk
 
         def thresh(i: int, t: int) -> Scalar:
             if t == 0:
                 return theta_in
             if cfg.use_det and not static:
-                det(i)
-            if cfg.use_dtt:
-                if inv_t is None:
-                    torch.add(self.v, self.vsum, alpha=-1.0 / t, out=d)   # d = V(t-1) - Vbar(t-1)
-                else:
-                    torch.sub(self.v, torch.mul(self.vsum, inv_t[i], out=d), out=d)
-                torch.ops.aten.softplus.out(d, beta, 20.0, out=x)          # F.softplus(d, beta), into a reused buffer
-                if c_sp != 1.0:
-                    x.mul_(c_sp)
-                x.add_(d, alpha=c_d)
-                x.add_(e) if cfg.use_det else x.add_(c3)
-                torch.sigmoid(x, out=th)
-            elif cfg.use_det:
-                torch.sigmoid(e, out=th)
-            else:
-                th.fill_(0.5)
-            if not plain:
-                th.mul_(theta_in)
-            if cfg.gamma > 1:
-                th.clamp_min_(torch.finfo(th.dtype).tiny)   # V/th must not be 0/0 (gamma 1 compares)
-            return th
+                msat_det(zs[i], theta_in, cfg, cap, e)
+            return msat_threshold(self.v, self.vsum, 1.0 / t if inv_t is None else inv_t[i], e, theta_in, cfg,
+                                  cfg.gamma, d, x, th)
 
         return thresh
 
+    def _spicalib(self, t: int) -> Callable[[Tensor], Tensor]:
+        """SpiCalib's filter at step t for ``if_step``'s ``after_reset``: ``signed_step`` on this layer's state."""
+        def negative_spikes(s: Tensor) -> Tensor:
+            s_out, self.signed = signed_step(s, self.signed, t, self.allowance, self.debt)
+            return s_out
+        return negative_spikes
+
     def _loop(self, zs: Tensor, spikes: Tensor, static: bool, thresh, out: Optional[Tensor],
               sc: Optional[SCLayer]) -> None:
-        """The time loop: V_pre = V + z, fire, spike confidence, reset, negative spikes, output mask.
+        """The time loop, in place on the layer's state: th(t), then ``if_step`` (V_pre = V + z, fire, spike
+        confidence, reset, SpiCalib's negative spikes, SRP's output mask) and MSAT's sum of V.
 
         ``thresh(i, t)`` gives th(t). A constant threshold leaves the output to the caller;
         otherwise o = s_out * th goes into ``out[i]``, or over ``spikes[i]`` when ``out`` is None.
         """
-        cfg = self.cfg
-        v, vsum, mask = self.v, self.vsum, self.mask
-        gamma, hard = cfg.gamma, cfg.reset == "hard"
+        cfg, v, vsum = self.cfg, self.v, self.vsum
+        hard, filtered = cfg.reset == "hard", sc is not None and sc.filtered
         adaptive = self.dynamics == "msat"
         u = torch.empty_like(v) if sc is not None else None
-        signed = self.signed
         for i in range(spikes.shape[0]):
             t = self.t + i
             th = thresh(i, t)                                  # uses V(t-1): before the update
-            v.add_(zs[0] if static else zs[i])                 # V_pre(t)
-            s = spikes[i]
-            if gamma == 1:
-                torch.ge(v, th, out=s)                         # exact form of clamp(floor(v/th), 0, 1)
-            elif s.dtype == v.dtype:
-                torch.div(v, th, out=s).floor_().clamp_(0, gamma)
-            else:                                              # bf16 spikes: count in the state's precision
-                s.copy_(torch.div(v, th).floor_().clamp_(0, gamma))
-            drop = None
-            if sc is not None and t < sc.E:
-                torch.rand(u.shape, generator=sc.generator, dtype=u.dtype, device=u.device, out=u)
-                keep = u.lt_(sc.p)                             # c ~ Bernoulli(p), as 0/1 values
-                if sc.filtered:
-                    s.mul_(keep)                               # s_reset = s_out
-                else:
-                    drop = keep                                # s_reset = s, dropped after the reset
-            if hard:
-                v.masked_fill_(s > 0, 0.0)
-            elif isinstance(th, float):
-                v.sub_(s, alpha=th)
-            else:
-                v.addcmul_(s, th, value=-1.0)
-            if signed is not None:                             # SpiCalib: negative spikes after long silence
-                out_s, signed = signed_step(s, signed, t, self.allowance, self.debt)
-                s.copy_(out_s)
-            if drop is not None:
-                s.mul_(drop)                                   # s_out = c * s
-            if mask is not None:
-                s.mul_(mask)                                   # SRP: a masked neuron's spikes are not emitted
+            s, _ = if_step(zs[0] if static else zs[i], v, th, cfg.gamma, hard, sc_keep(sc, t, u), filtered, self.mask,
+                           None if self.signed is None else self._spicalib(t), s=spikes[i])
             if vsum is not None:
                 vsum.add_(v)
             if adaptive:
@@ -618,8 +587,7 @@ class SpikingNeuron(MemoryModule):
                     torch.mul(s, th, out=out[i])
                 else:
                     s.mul_(th)
-        self.signed = signed
 
 
-__all__ = ["fire", "reset_potential", "fixed_step", "msat_threshold", "msat_step", "signed_step",
-           "spike_confidence", "SignedState", "SCLayer", "MemoryModule", "reset_net", "SpikingNeuron", "DYNAMICS"]
+__all__ = ["if_step", "msat_det", "msat_threshold", "signed_step", "sc_keep", "fused_step", "SignedState", "SCLayer",
+           "MemoryModule", "reset_net", "SpikingNeuron", "DYNAMICS"]

@@ -17,6 +17,9 @@
 - ``CheckpointLock(path)``: training's lock on the checkpoint it writes (``<path>.lock``); ``commit_in_place``:
   training's set (config, per-epoch logs written as it goes) committed by ``summary.json``, written last with
   the sha256 of every file of the set and its signature.
+- ``run_in_dir(run_dir, device)``: the one run wrapper of training and evaluation (a context manager yielding a
+  :class:`Run`): the process group, the stop signals, the locks, the run's set committed (``Run.commit``: staged,
+  or in place), and the logger and the process group closed on every path.
 """
 from __future__ import annotations
 
@@ -30,11 +33,18 @@ import shutil
 import socket
 import sys
 import time
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Iterator, Mapping, Optional
+
+import torch
+import torch.distributed as dist
+from omegaconf import OmegaConf
 
 from .checkpoint import last_ckpt_path
-from .utils import DiskFullError, UserError, atomic_write_text, file_kind, file_sha256
+from .loggers import RunLogger
+from .utils import (DiskFullError, DistEnv, StopSignals, UserError, atomic_write_text, file_kind, file_sha256,
+                    setup_distributed)
 
 MARKER = "metrics.json"
 LOCK = ".lock"
@@ -374,3 +384,100 @@ def commit_in_place(run_dir: str | os.PathLike, names: list[str], result: Mappin
 
 
 __all__ += ["CheckpointLock", "commit_in_place"]
+
+
+# ----------------------------------------------------------------------------- the run wrapper
+
+def write_config(path: Path, config: Mapping) -> None:
+    """The resolved config of the run as YAML (atomic)."""
+    atomic_write_text(path, OmegaConf.to_yaml(OmegaConf.create(dict(config))))
+
+
+def commit_set(run_dir: str | os.PathLike, result: Mapping[str, Any], write: Callable[[Staging], None],
+               expected_bytes: int = 0) -> dict:
+    """One result set committed through a :class:`Staging` directory: ``write(staging)`` writes the set's files
+    (``staging.path(name)``), then ``metrics.json`` is written last. Returns the marker as written."""
+    with Staging(run_dir, expected_bytes=expected_bytes) as st:
+        write(st)
+        return st.commit(result)
+
+
+class Run:
+    """One run in its directory, as :func:`run_in_dir` holds it: ``run_dir``, the process group (``env``),
+    the ``device``, the stop ``signals``; the ``logger`` it opens (:meth:`open_logger`) is closed by the
+    wrapper; :meth:`commit` commits its set."""
+
+    def __init__(self, run_dir: Path, env: DistEnv, device: torch.device, signals: StopSignals):
+        self.run_dir, self.env, self.device, self.signals = run_dir, env, device, signals
+        self.logger: Optional[RunLogger] = None
+
+    def open_logger(self, cfg_logger: Any, config: Mapping, **kw: Any) -> RunLogger:
+        """The run's :class:`RunLogger` (rank 0 only: disabled elsewhere), finished when the run ends: exit code 0
+        after the block, 1 after an exception."""
+        self.logger = RunLogger(cfg_logger, self.run_dir, config, enabled=self.env.is_main, **kw)
+        return self.logger
+
+    def commit(self, result: Mapping[str, Any], write: Optional[Callable[[Staging], None]] = None,
+               names: Optional[list[str]] = None, marker: str = MARKER, expected_bytes: int = 0) -> dict:
+        """Commit the run's set (rank 0; other ranks get ``result`` back): staged (``write`` writes the files,
+        ``metrics.json`` last: :func:`commit_set`) or in place (the files ``names`` the run wrote, ``marker``
+        last: :func:`commit_in_place`). Returns the marker as written."""
+        if not self.env.is_main:
+            return dict(result)
+        if write is not None:
+            return commit_set(self.run_dir, result, write, expected_bytes)
+        return commit_in_place(self.run_dir, list(names or []), result, marker=marker)
+
+    def finish(self, failed: bool) -> None:
+        """Close the logger (idempotent): exit code 1 after a failure."""
+        if self.logger is not None:
+            self.logger.finish(exit_code=1 if failed else 0)
+
+
+def _lock_run_dir(held: ExitStack, run_dir: Path) -> None:
+    """Hold ``RunLock(run_dir)`` in ``held``; no space for its note of who holds it is a :class:`DiskFullError`."""
+    try:
+        held.enter_context(RunLock(run_dir))
+    except OSError as e:
+        if e.errno != errno.ENOSPC or isinstance(e, DiskFullError):
+            raise
+        raise DiskFullError(run_dir / LOCK, 1024, "nothing was written") from None
+
+
+@contextmanager
+def run_in_dir(run_dir: str | os.PathLike, device: str = "auto", locks: tuple = (),
+               announce: Optional[str] = None) -> Iterator[Run]:
+    """The one wrapper of a run (training, evaluation) in ``run_dir``, on ``device`` (joins torchrun's process
+    group), yielding its :class:`Run`.
+
+    In order: the process group; the line ``announce`` (printed by rank 0); the stop signals (SIGINT /
+    SIGTERM set ``run.signals.requested`` from the moment the run holds its directory, so an interrupt ends it
+    with its resume line); on rank 0, which writes, :class:`RunLock` on ``run_dir`` and each of ``locks`` (e.g.
+    training's :class:`CheckpointLock`). On every way out (success, a :class:`UserError`, an interrupt, any
+    exception) the logger the run opened is finished (exit code 0 or 1), the locks and signal handlers are
+    released and a process group this process joined is destroyed.
+    """
+    run_dir = Path(run_dir)
+    env, dev = setup_distributed(device)
+    try:
+        if announce and env.is_main:
+            print(announce, flush=True)
+        with ExitStack() as held:
+            signals = held.enter_context(StopSignals())
+            if env.is_main:                              # rank 0 writes, so it holds the locks
+                _lock_run_dir(held, run_dir)
+                for lock in locks:
+                    held.enter_context(lock)
+            run = Run(run_dir, env, dev, signals)
+            try:
+                yield run
+            except BaseException:
+                run.finish(failed=True)
+                raise
+            run.finish(failed=False)
+    finally:
+        if env.owns_group:
+            dist.destroy_process_group()
+
+
+__all__ += ["write_config", "commit_set", "Run", "run_in_dir"]

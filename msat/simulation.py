@@ -14,6 +14,10 @@ the spikes of each layer and the output, chunk by chunk (``Observer``).
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import dataclasses
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
@@ -21,16 +25,14 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 import torch.fx as fx
 
-from .conversion import RESHAPE_METHODS, SpikingNetwork
+from .config import PRECISIONS, EngineOptions
+
+from .network import RESHAPE_METHODS, SpikingNetwork
 from .neurons import SpikingNeuron, reset_net
 from .pooling import SpikingPool
-from .utils import UserError
+from .utils import SimulationError
 
 Tensor = torch.Tensor
-
-
-class SimulationError(UserError, ValueError):
-    """Bad simulation arguments, or an op that mixes time steps of the folded batch."""
 
 
 class Observer:
@@ -118,10 +120,10 @@ def _signature(snn: SpikingNetwork) -> tuple:
 def _plan(snn: SpikingNetwork) -> _Plan:
     """The network's cached plan, rebuilt when its graph (or a module it calls) changed."""
     sig = _signature(snn)
-    cached = getattr(snn, "_sim_plan", None)
+    cached = snn.engine_state.get("plan")
     if cached is None or cached[0] != sig:
         cached = (sig, _Plan(snn))
-        object.__setattr__(snn, "_sim_plan", cached)
+        snn.engine_state["plan"] = cached
     return cached[1]
 
 
@@ -216,49 +218,37 @@ def check_inputs(snn: Any, x: Any, T: Any, chunk: Any, generator: Any, observers
         missing = [h for h in OBSERVER_HOOKS if not callable(getattr(o, h, None))]
         if missing:
             raise SimulationError(f"observer {type(o).__name__} lacks {', '.join(missing)}: subclass msat.Observer")
-    if snn.sc.active and not 1 <= snn.sc.E <= T:
-        raise SimulationError(f"spike confidence acts for t < sc.E={snn.sc.E}, beyond T={T}: simulate at least "
-                              f"sc.E steps or convert with a smaller sc.E")
+    if snn.sc.active:
+        check_sc_steps(snn.sc.E, T)
 
 
-PRECISIONS = ("fp32", "tf32", "bf16")
-CPU_CHUNK_BYTES = 16 << 20
+def check_sc_steps(E: int, T: int) -> None:
+    """Spike confidence acts for t < ``E``: it needs ``1 <= E <= T`` (the one check of it: ``simulate`` and
+    ``msat.evaluate.check_config`` before any compute)."""
+    if not 1 <= E <= T:
+        raise SimulationError(f"spike confidence acts for t < sc.E={E}, beyond T={T}: set 1 <= sc.E <= T "
+                              "(simulate at least sc.E steps), or convert with a smaller sc.E or a method without SC")
 
 
-@dataclass(frozen=True)
-class SimOptions:
-    """How the engine runs (never what it computes, up to floating-point rounding):
-
-    - ``fused``: each neuron step as one compiled kernel (``msat.neurons.fused_step``); default on CUDA;
-    - ``precision``: ``fp32``; ``tf32`` (CUDA: TF32 convolutions and matmuls; on CPU the same as fp32);
-      ``bf16`` (convolutions and linear layers under bf16 autocast; membrane state stays fp32);
-    - ``cuda_graphs``: replay each full chunk after the first as one CUDA graph (default on CUDA);
-    - ``channels_last``: NHWC activations for 4-D inputs (default on; on CPU oneDNN's convolutions then skip
-      their NCHW reorders: measured 1.2-1.4x faster on VGG16, see ``benchmarks/bench_sim.py``);
-    - ``chunk_bytes``: cap the folded chunk so that no activation of a chunk exceeds this many bytes (default
-      on CPU 16 MiB: glibc then reuses freed chunk buffers instead of mapping them anew each chunk; 0: off).
-    """
-
-    fused: bool = False
-    precision: str = "fp32"
-    cuda_graphs: bool = False
-    channels_last: bool = False
-    chunk_bytes: int = 0
-
-    @staticmethod
-    def resolve(device: torch.device, fused: Optional[bool] = None, precision: str = "fp32",
-                cuda_graphs: Optional[bool] = None, channels_last: Optional[bool] = None,
-                chunk_bytes: Optional[int] = None) -> "SimOptions":
-        if precision not in PRECISIONS:
-            raise SimulationError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-        cuda = device.type == "cuda"
-        if chunk_bytes is not None and (isinstance(chunk_bytes, bool) or not isinstance(chunk_bytes, int)
-                                        or chunk_bytes < 0):
-            raise SimulationError(f"chunk_bytes must be an integer >= 0 (0: no cap), got {chunk_bytes!r}")
-        return SimOptions(fused=cuda if fused is None else bool(fused), precision=precision,
-                          cuda_graphs=cuda and (True if cuda_graphs is None else bool(cuda_graphs)),
-                          channels_last=True if channels_last is None else bool(channels_last),
-                          chunk_bytes=(0 if cuda else CPU_CHUNK_BYTES) if chunk_bytes is None else chunk_bytes)
+def engine_options(options: Optional[EngineOptions] = None, **fields: Any) -> EngineOptions:
+    """``options`` (default: all unset) with ``fields`` (named as :class:`EngineOptions`' fields) replacing
+    single options, checked: one :class:`SimulationError` sentence for a bad value."""
+    if options is None:
+        options = EngineOptions()
+    if not isinstance(options, EngineOptions):
+        raise SimulationError(f"options must be a msat.config.EngineOptions (or a SimConfig), got "
+                              f"{type(options).__name__}")
+    valid = [f.name for f in dataclasses.fields(EngineOptions)]
+    for k in fields:
+        if k not in valid:
+            raise TypeError(f"simulate() got an unexpected keyword argument {k!r}")
+    opts = dataclasses.replace(options.engine(), **fields)
+    if opts.precision not in PRECISIONS:
+        raise SimulationError(f"precision must be one of {', '.join(PRECISIONS)}, got {opts.precision!r}")
+    b = opts.chunk_bytes
+    if b is not None and (isinstance(b, bool) or not isinstance(b, int) or b < 0):
+        raise SimulationError(f"chunk_bytes must be an integer >= 0 (0: no cap), got {b!r}")
+    return opts
 
 
 class _Precision:
@@ -287,32 +277,32 @@ class _Precision:
         return nullcontext()
 
 
-def prepare_network(snn: SpikingNetwork, x: Tensor, opts: SimOptions) -> Tensor:
+def prepare_network(snn: SpikingNetwork, x: Tensor, opts: EngineOptions) -> Tensor:
     """Lay out the network and the input for ``opts`` (channels-last: once, in place); returns the input."""
     if opts.channels_last and x.dim() == 4:
-        if not getattr(snn, "_channels_last", False):
+        if not snn.engine_state.get("channels_last", False):
             snn.graph_module.to(memory_format=torch.channels_last)
-            object.__setattr__(snn, "_channels_last", True)
+            snn.engine_state["channels_last"] = True
         return x.contiguous(memory_format=torch.channels_last)
     return x
 
 
 def simulate(snn: SpikingNetwork, x: Tensor, T: int, chunk: int = 32,
              generator: Optional[torch.Generator] = None, observers: Sequence[Observer] = (),
-             return_output: bool = True, *, fused: Optional[bool] = None, precision: str = "fp32",
-             cuda_graphs: Optional[bool] = None, channels_last: Optional[bool] = None,
-             chunk_bytes: Optional[int] = None) -> Optional[Tensor]:
+             return_output: bool = True, *, options: Optional[EngineOptions] = None,
+             **engine: Any) -> Optional[Tensor]:
     """Run ``snn`` for ``T`` steps on the batch ``x`` (direct coding: ``x`` at every step).
 
     Returns (T, B, ...): the output layer's value at each step (not cumulative; fp32 or wider). All
     state is reset first; a method with a pre-simulation (SRP) runs it before the T steps;
     ``generator`` seeds the spike-confidence draws (reproducible runs). ``return_output=False``
     streams the output to the observers only (memory independent of T) and returns None.
-    ``fused``, ``precision``, ``cuda_graphs``, ``channels_last``, ``chunk_bytes``: see :class:`SimOptions`
-    (the defaults pick the fast path of the device).
+    ``options``: how the engine runs (:class:`msat.config.EngineOptions`, e.g. a run's ``SimConfig``);
+    keywords named as its fields (``fused``, ``precision``, ``cuda_graphs``, ``channels_last``,
+    ``chunk_bytes``) replace single options. Unset options pick the fast path of the device.
     """
     check_inputs(snn, x, T, chunk, generator, observers)
-    opts = SimOptions.resolve(x.device, fused, precision, cuda_graphs, channels_last, chunk_bytes)
+    opts = engine_options(options, **engine).resolve(x.device)
     x = prepare_network(snn, x, opts)
     reset_net(snn)
     try:
@@ -326,18 +316,16 @@ def simulate(snn: SpikingNetwork, x: Tensor, T: int, chunk: int = 32,
 
 def run_steps(snn: SpikingNetwork, x: Tensor, T: int, chunk: int = 32, generator: Optional[torch.Generator] = None,
               observers: Sequence[Observer] = (), return_output: bool = True,
-              opts: Optional[SimOptions] = None) -> Optional[Tensor]:
+              opts: Optional[EngineOptions] = None) -> Optional[Tensor]:
     """The engine's time loop from the neurons' current state (``simulate`` resets it first); used
     by pre-simulations. Returns (T, B, ...) outputs (None with ``return_output=False``)."""
-    opts = opts or SimOptions.resolve(x.device)
+    opts = (opts or EngineOptions()).resolve(x.device)
     plan = _plan(snn)
-    gm = snn.graph_module
     sc = snn.sc.for_simulation(generator, x.device)
     B = x.shape[0]
-    keep_spikes = len(observers) > 0
     out: Optional[Tensor] = None
     prec = _Precision(x.device, opts.precision)
-    graphs = _Graphs.get(snn, plan, opts, x, chunk, keep_spikes) if opts.cuda_graphs else None
+    graphs = _Graphs.get(snn, plan, opts, x, chunk, len(observers) > 0) if opts.cuda_graphs else None
     with torch.no_grad(), prec:
         for o in observers:
             o.on_batch_start(snn, x, T)
@@ -346,36 +334,57 @@ def run_steps(snn: SpikingNetwork, x: Tensor, T: int, chunk: int = 32, generator
         key = (tuple(x.shape), x.dtype, opts.precision)
         t0 = 0
         while t0 < T:
-            Tc = min(chunk, T - t0)
-            if opts.chunk_bytes:
-                per_step = plan.step_bytes.get(key)
-                Tc = 1 if per_step is None else min(Tc, max(1, opts.chunk_bytes // max(per_step, 1)))
-            if graphs is not None and graphs.ready(snn, t0, Tc):
-                y, recorded = graphs.replay(snn, static, t0)
-                for name, s in recorded:
-                    for o in observers:
-                        o.on_spikes(name, s, t0)
-            else:
-                report = (lambda name, s, t0=t0: [o.on_spikes(name, s, t0) for o in observers]) if keep_spikes \
-                    else None
-                y = _run_chunk(snn, plan, gm, static, Tc, B, t0, report, sc, opts, prec)
-                if graphs is not None:
-                    graphs.after_eager(snn, t0, Tc)
+            Tc = _chunk_steps(plan, key, opts, min(chunk, T - t0))
+            y = _one_chunk(snn, plan, static, Tc, B, t0, observers, sc, opts, prec, graphs)
             if opts.chunk_bytes and key not in plan.step_bytes:
                 plan.step_bytes[key] = max(plan.last_max_bytes, y.numel() * y.element_size()) // Tc
-            y = y.view(Tc, B, *y.shape[1:])                                # (Tc, B, classes)
-            if not y.is_floating_point() or y.dtype in (torch.bfloat16, torch.float16):
-                y = y.float()
-            if return_output:
-                if out is None:
-                    out = y.new_empty((T, *y.shape[1:]))                   # (T, B, classes)
-                out[t0:t0 + Tc] = y
-                y = out[t0:t0 + Tc]
-            for o in observers:
-                o.on_output(y, t0)
+            out = _emit_output(y.view(Tc, B, *y.shape[1:]), t0, T, out, observers, return_output)
             t0 += Tc
         for o in observers:
             o.on_batch_end()
+    return out
+
+
+def _chunk_steps(plan: _Plan, key: tuple, opts: EngineOptions, Tc: int) -> int:
+    """The steps of the next chunk: ``Tc``, capped so no folded activation exceeds ``opts.chunk_bytes`` (the
+    first chunk of an input shape runs one step, which measures the bytes per step)."""
+    if opts.chunk_bytes:
+        per_step = plan.step_bytes.get(key)
+        Tc = 1 if per_step is None else min(Tc, max(1, opts.chunk_bytes // max(per_step, 1)))
+    return Tc
+
+
+def _one_chunk(snn: SpikingNetwork, plan: _Plan, static: dict, Tc: int, B: int, t0: int,
+               observers: Sequence[Observer], sc: dict, opts: EngineOptions, prec: _Precision,
+               graphs: Optional["_Graphs"]) -> Tensor:
+    """Steps ``t0 .. t0+Tc-1``, replayed as a CUDA graph where one is ready or run eagerly; each spiking layer's
+    spikes go to the observers. Returns the folded output (Tc*B, ...)."""
+    if graphs is not None and graphs.ready(snn, t0, Tc):
+        y, recorded = graphs.replay(snn, static, t0)
+        for name, s in recorded:
+            for o in observers:
+                o.on_spikes(name, s, t0)
+        return y
+    report = (lambda name, s: [o.on_spikes(name, s, t0) for o in observers]) if len(observers) > 0 else None
+    y = _run_chunk(snn, plan, snn.graph_module, static, Tc, B, t0, report, sc, opts, prec)
+    if graphs is not None:
+        graphs.after_eager(snn, t0, Tc)
+    return y
+
+
+def _emit_output(y: Tensor, t0: int, T: int, out: Optional[Tensor], observers: Sequence[Observer],
+                 return_output: bool) -> Optional[Tensor]:
+    """A chunk's output ``y`` (Tc, B, classes), as fp32 or wider, into ``out`` (allocated (T, B, classes) on the
+    first chunk; with ``return_output``) and to the observers. Returns ``out``."""
+    if not y.is_floating_point() or y.dtype in (torch.bfloat16, torch.float16):
+        y = y.float()
+    if return_output:
+        if out is None:
+            out = y.new_empty((T, *y.shape[1:]))                   # (T, B, classes)
+        out[t0:t0 + y.shape[0]] = y
+        y = out[t0:t0 + y.shape[0]]
+    for o in observers:
+        o.on_output(y, t0)
     return out
 
 
@@ -389,62 +398,86 @@ def _aliased(z: Tensor, src: fx.Node, env: dict, static: dict) -> bool:
     return False
 
 
+class _ChunkValues:
+    """The values one chunk's dynamic steps read: those computed in the chunk (``env``) and the static ones, a
+    static batched tensor folded (B, ...) -> (Tc*B, ...) on its first use."""
+
+    def __init__(self, plan: _Plan, static: dict, Tc: int):
+        self.plan, self.static, self.Tc = plan, static, Tc
+        self.env: dict = {}
+        self.folded: dict = {}
+
+    def __call__(self, n: fx.Node) -> Any:
+        if n in self.env:
+            return self.env[n]
+        v = self.static[n]
+        if n in self.plan.batched and isinstance(v, Tensor):
+            if n not in self.folded:
+                self.folded[n] = v.unsqueeze(0).expand(self.Tc, *v.shape).reshape(self.Tc * v.shape[0], *v.shape[1:])
+            return self.folded[n]
+        return v
+
+
 def _run_chunk(snn: SpikingNetwork, plan: _Plan, gm: fx.GraphModule, static: dict, Tc: int, B: int, t0: int,
-               on_spikes: Optional[Callable[[str, Tensor], Any]], sc: dict, opts: SimOptions, prec: _Precision,
+               on_spikes: Optional[Callable[[str, Tensor], Any]], sc: dict, opts: EngineOptions, prec: _Precision,
                inv_t: Optional[Tensor] = None) -> Tensor:
     """One chunk of Tc steps through the dynamic part; returns the folded output (Tc*B, ...).
     ``on_spikes(layer name, spikes (Tc, B, ...))`` is called after each spiking layer (None: spikes
     are not kept, and a layer may write its output over them)."""
-    keep_spikes = on_spikes is not None
-    env: dict = {}
-    folded: dict = {}
+    values = _ChunkValues(plan, static, Tc)
+    env = values.env
     biggest = 0
-
-    def value(n: fx.Node) -> Any:
-        if n in env:
-            return env[n]
-        v = static[n]
-        if n in plan.batched and isinstance(v, Tensor):
-            if n not in folded:   # a static batched tensor read by a dynamic op: (B, ...) -> (Tc*B, ...)
-                folded[n] = v.unsqueeze(0).expand(Tc, *v.shape).reshape(Tc * v.shape[0], *v.shape[1:])
-            return folded[n]
-        return v
-
     for step in plan.dynamic:
         node = step.node
         if step.kind == "output":
             plan.last_max_bytes = biggest
-            return value(node.args[0])
+            return values(node.args[0])
         if step.kind == "neuron":
-            src = node.args[0]
-            is_static = src not in env
-            z = static[src] if is_static else env[src]
-            consume = src in step.free and not is_static and not _aliased(z, src, env, static)
-            res, spikes = step.fn.run_chunk(z, Tc, B, static=is_static, keep_spikes=keep_spikes,
-                                            consume=consume, sc=sc.get(step.fn.name), fused=opts.fused,
-                                            inv_t=inv_t)
-            if on_spikes is not None:
-                on_spikes(step.fn.name, spikes)
+            res = _neuron_chunk(step, values, Tc, B, on_spikes, sc, opts, inv_t)
         elif step.kind == "pool":
             src = node.args[0]
-            x = value(src)
+            x = values(src)
             consume = src in step.free and src in env and not _aliased(x, src, env, static)
             res = step.fn.run_chunk(x, Tc, B, consume=consume)
         else:
-            args = fx.node.map_arg(node.args, value)
-            kwargs = fx.node.map_arg(node.kwargs, value)
-            with prec.autocast():
-                res = _call(step, args, kwargs, gm)
-            if step.kind == "method" and step.fn in RESHAPE_METHODS and res.shape[:1] != args[0].shape[:1]:
-                raise SimulationError(f"node {node.name!r}: .{step.fn}() changes the batch dimension "
-                                      f"({tuple(args[0].shape)} -> {tuple(res.shape)}); use x.flatten(1) or "
-                                      "x.view(x.size(0), ...) so time can be folded into the batch")
+            res = _op_chunk(step, values, gm, prec)
         if isinstance(res, Tensor):
             biggest = max(biggest, res.numel() * res.element_size())
         env[node] = res
         for a in step.free:
             env.pop(a, None)
     raise RuntimeError("graph without output")  # pragma: no cover
+
+
+def _neuron_chunk(step: _Step, values: _ChunkValues, Tc: int, B: int,
+                  on_spikes: Optional[Callable[[str, Tensor], Any]], sc: dict, opts: EngineOptions,
+                  inv_t: Optional[Tensor]) -> Tensor:
+    """A spiking layer over the chunk: its input unfolded when static (computed once per batch), consumed in
+    place when nothing else reads it; its spikes to ``on_spikes``. Returns its output (Tc*B, ...)."""
+    src, env, static = step.node.args[0], values.env, values.static
+    is_static = src not in env
+    z = static[src] if is_static else env[src]
+    consume = src in step.free and not is_static and not _aliased(z, src, env, static)
+    res, spikes = step.fn.run_chunk(z, Tc, B, static=is_static, keep_spikes=on_spikes is not None,
+                                    consume=consume, sc=sc.get(step.fn.name), fused=opts.fused, inv_t=inv_t)
+    if on_spikes is not None:
+        on_spikes(step.fn.name, spikes)
+    return res
+
+
+def _op_chunk(step: _Step, values: _ChunkValues, gm: fx.GraphModule, prec: _Precision) -> Any:
+    """A stateless node over the folded chunk (under the precision's autocast); an op that changes the batch
+    dimension (mixing time steps) is a :class:`SimulationError`."""
+    node = step.node
+    args = fx.node.map_arg(node.args, values)
+    kwargs = fx.node.map_arg(node.kwargs, values)
+    with prec.autocast():
+        res = _call(step, args, kwargs, gm)
+    if step.kind == "method" and step.fn in RESHAPE_METHODS and res.shape[:1] != args[0].shape[:1]:
+        raise SimulationError(f"node {node.name!r}: .{step.fn}() changes the batch dimension "
+                              f"({tuple(args[0].shape)} -> {tuple(res.shape)}); use x.flatten(1) or "
+                              "x.view(x.size(0), ...) so time can be folded into the batch")
+    return res
 
 
 class _Graphs:
@@ -458,7 +491,7 @@ class _Graphs:
     Python state) run eagerly. One graph per (network, batch shape, chunk, observers or not).
     """
 
-    def __init__(self, snn: SpikingNetwork, plan: _Plan, opts: SimOptions, x: Tensor, chunk: int,
+    def __init__(self, snn: SpikingNetwork, plan: _Plan, opts: EngineOptions, x: Tensor, chunk: int,
                  keep_spikes: bool):
         self.plan, self.opts, self.chunk, self.keep_spikes = plan, opts, chunk, keep_spikes
         self.B = x.shape[0]
@@ -471,15 +504,15 @@ class _Graphs:
         self.spikes: list = []
 
     @staticmethod
-    def get(snn: SpikingNetwork, plan: _Plan, opts: SimOptions, x: Tensor, chunk: int,
+    def get(snn: SpikingNetwork, plan: _Plan, opts: EngineOptions, x: Tensor, chunk: int,
             keep_spikes: bool) -> Optional["_Graphs"]:
         if x.device.type != "cuda" or not opts.fused:
             return None
         neurons = [m for _, m in snn.neuron_layers()]
         if any(m.dynamics == "signed" or m.mask is not None for m in neurons):
             return None                          # per-step Python state: SpiCalib's filter, SRP's masks
-        cache = snn.__dict__.setdefault("_sim_graphs", {})
-        key = (id(plan), tuple(x.shape), x.dtype, chunk, keep_spikes, opts)
+        cache = snn.engine_state.setdefault("cuda_graphs", {})
+        key = (id(plan), tuple(x.shape), x.dtype, chunk, keep_spikes, dataclasses.astuple(opts))
         if key not in cache:
             cache[key] = _Graphs(snn, plan, opts, x, chunk, keep_spikes)
         g = cache[key]
@@ -524,8 +557,6 @@ class _Graphs:
         return self.y, self.spikes
 
     def _capture(self, snn: SpikingNetwork, static: dict, t0: int) -> None:
-        import warnings
-
         neurons = [m for _, m in snn.neuron_layers()]
         t_before = [m.t for m in neurons]
         self.static_in = {n: v.clone() if isinstance(v, Tensor) else v for n, v in static.items()}
@@ -561,9 +592,6 @@ def tune_cpu_allocator(threshold_bytes: int = 1 << 30) -> bool:
     ``threshold_bytes``. Returns whether glibc accepted it. Memory freed inside the heap is reused
     by later allocations but not given back to the OS while the process runs.
     """
-    import ctypes
-    import ctypes.util
-
     name = ctypes.util.find_library("c")
     if name is None:
         return False
@@ -576,5 +604,5 @@ def tune_cpu_allocator(threshold_bytes: int = 1 << 30) -> bool:
         return False
 
 
-__all__ = ["Observer", "SimulationError", "SimOptions", "PRECISIONS", "simulate", "run_steps",
-           "tune_cpu_allocator"]
+__all__ = ["Observer", "SimulationError", "EngineOptions", "PRECISIONS", "simulate", "run_steps", "engine_options",
+           "check_sc_steps", "tune_cpu_allocator"]

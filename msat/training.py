@@ -16,16 +16,15 @@ says from which epoch ``train.resume=true`` continues.
 """
 from __future__ import annotations
 
-import errno
 import logging
 import math
 import os
 import signal
 import sys
 import time
-from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import torch
 import torch.distributed as dist
@@ -34,15 +33,14 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Subset
 
 from .checkpoint import default_ckpt_path, last_ckpt_path, load_checkpoint, save_checkpoint
-from .data import build_data, build_loader
-from .loggers import RunLogger
-from .runs import CheckpointLock, RunLock, commit_in_place
-from .models import build_model
-from .models.build import check_input
 from .config import TrainConfig, TrainRunConfig, from_mapping
-from .utils import (DiskFullError, DistEnv, Interrupted, StopSignals, UserError, all_reduce_sum, capture_rng_state,
-                    hydra_run_dir, restore_rng_state, resume_command, seed_everything, setup_distributed, to_plain,
-                    versions)
+from .data import build_data, build_loader, dataset_config
+from .loggers import RunLogger
+from .models import build_model
+from .models.build import activation_sites, check_input, model_spec
+from .runs import CheckpointLock, Run, run_id, run_in_dir, write_config
+from .utils import (DistEnv, Interrupted, UserError, all_reduce_sum, capture_rng_state, hydra_run_dir,
+                    restore_rng_state, resume_command, seed_everything, to_plain, versions)
 
 log = logging.getLogger(__name__)
 
@@ -190,19 +188,15 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, amp: bo
 # ----------------------------------------------------------------------------- run function
 
 def check_config(cfg: Any) -> TrainRunConfig:
-    """Every check that can fail before compute: keys, types and ranges of every group, names."""
-    from .data import dataset_config
-    from .models.build import activation_sites, model_spec
-
+    """Every check that can fail before compute: keys, types and ranges of every group, names, the model's
+    arguments. The validated config is what the run reads from then on."""
     rc = from_mapping(TrainRunConfig, cfg)
     ds = dataset_config(rc.dataset)
-    activation_sites(model_spec(to_plain(cfg)["model"]), ds["num_classes"])      # the model's arguments
+    activation_sites(model_spec(rc.model), ds["num_classes"])      # the model's arguments
     return rc
 
 
 def _default_run_dir(rc: TrainRunConfig) -> Path:
-    from .runs import run_id
-
     return Path(rc.paths.output_dir) / "train" / f"{rc.dataset['name']}_{rc.model.name}" / run_id()
 
 
@@ -235,15 +229,6 @@ def check_resume(resume: Mapping, config: Mapping, spec: Mapping, path: Path) ->
         shown = "; ".join(f"{k}: saved {_get(saved, k)!r}, now {_get(config, k)!r}" for k in diff)
         raise UserError(f"train.resume=true: {path} was trained with other values ({shown}); resume with the "
                         "original values or start a new run (train.resume=false, another train.ckpt_path)")
-
-
-def write_config(path: Path, config: Mapping) -> None:
-    """The resolved config of the run as YAML (atomic)."""
-    from omegaconf import OmegaConf
-
-    from .utils import atomic_write_text
-
-    atomic_write_text(path, OmegaConf.to_yaml(OmegaConf.create(dict(config))))
 
 
 def _train_loader(ds: Dataset, t: TrainConfig, seed: int, env: DistEnv,
@@ -289,35 +274,14 @@ def _gather(obj: Any, env: DistEnv) -> list:
 def train(cfg: Any, run_dir: str | os.PathLike | None = None) -> dict:
     """Train ``cfg.model`` on ``cfg.dataset`` with ``cfg.train``; returns
     ``{"best_acc", "best_epoch", "final_acc", "ckpt", "run_dir"}`` (accuracies as fractions) and prints one line
-    (:func:`final_line`)."""
+    (:func:`final_line`). The run is held by :func:`msat.runs.run_in_dir` (locks on its directory and on its
+    checkpoint, signals, the logger and the process group closed on every path)."""
     rc = check_config(cfg)
     config = dict(to_plain(cfg))
     ckpt_path = Path(rc.train.ckpt_path) if rc.train.ckpt_path else default_ckpt_path(config)
-    last_path = last_ckpt_path(ckpt_path)
     run_dir = Path(run_dir) if run_dir is not None else (hydra_run_dir() or _default_run_dir(rc))
-    env, device = setup_distributed(rc.device)
-    try:
-        with ExitStack() as held:
-            # signals first: from the moment the run holds its directory, an interrupt ends it with the resume line
-            signals = held.enter_context(StopSignals())
-            if env.is_main:                              # rank 0 writes, so it holds the locks (as convert_eval)
-                try:
-                    held.enter_context(RunLock(run_dir))
-                except OSError as e:                     # no space for the lock's note of who holds it
-                    if e.errno != errno.ENOSPC or isinstance(e, DiskFullError):
-                        raise
-                    raise DiskFullError(run_dir / ".lock", 1024, "nothing was written") from None
-                held.enter_context(CheckpointLock(ckpt_path))
-            resume = None
-            if rc.train.resume:
-                if last_path.is_file():
-                    resume = load_checkpoint(last_path)
-                else:
-                    log.warning("train.resume=true but %s does not exist: starting from scratch", last_path)
-            return _train(rc, config, env, device, ckpt_path, last_path, resume, run_dir, signals)
-    finally:
-        if env.owns_group:
-            dist.destroy_process_group()
+    with run_in_dir(run_dir, rc.device, locks=(CheckpointLock(ckpt_path),)) as run:
+        return _Training(rc, config, run, ckpt_path).fit()
 
 
 def _optimizer(model: nn.Module, t: TrainConfig) -> torch.optim.Optimizer:
@@ -349,121 +313,189 @@ def interrupt_message(signum: int, epoch: int, epochs: int, saved: bool, last_pa
             f"{resume_command('train.resume=false', *hydra)}")
 
 
-def _train(rc: TrainRunConfig, config: dict, env: DistEnv, device: torch.device, ckpt_path: Path,
-           last_path: Path, resume: dict | None, run_dir: Path, signals: StopSignals) -> dict:
-    t, seed = rc.train, rc.seed
-    seed_everything(seed, deterministic=t.deterministic)
-    if device.type == "cuda" and not t.deterministic:
-        torch.backends.cudnn.benchmark = True
-    bundle = build_data(rc.dataset, artifacts=resume["artifacts"] if resume else None)
-    model, spec = build_model(config["model"], bundle.num_classes, bundle.model_kwargs)
-    if resume is not None:
-        check_resume(resume, config, spec, last_path)
-    check_input(model, bundle.train[0][0].unsqueeze(0), spec, bundle.name, bundle.num_classes)
-    model = model.to(device)
-    cuda = device.type == "cuda"
-    amp, channels_last = t.amp and cuda, t.channels_last and cuda and len(bundle.input_shape) == 3
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = _optimizer(model, t)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda e: lr_factor(e, t.epochs, t.warmup_epochs))
-    scaler = torch.amp.GradScaler(device.type, enabled=amp)
-    train_loader, dsampler, gens = _train_loader(bundle.train, t, seed, env, device)
-    test_ds = Subset(bundle.test, range(env.rank, len(bundle.test), env.world_size)) if env.enabled \
-        else bundle.test
-    test_loader = build_loader(test_ds, max(1, t.eval_batch_size // env.world_size), shuffle=False,
-                               num_workers=t.num_workers)
+@dataclass
+class _Model:
+    """What the epochs of a training share: the model (``net``: it, or its DDP wrapper), its optimizer, schedule
+    and grad scaler, the loaders and the generators of the data order, the precision and layout."""
 
-    start_epoch, best_acc, best_epoch = 0, 0.0, None
-    if env.enabled:  # identical init everywhere (DDP also broadcasts), distinct dropout streams
-        seed_everything(seed + env.rank, deterministic=t.deterministic)
-    if resume is not None:
-        model.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
-        scheduler.load_state_dict(resume["scheduler"])
-        scaler.load_state_dict(resume["scaler"])
+    model: nn.Module
+    net: nn.Module
+    spec: dict
+    bundle: Any
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    train_loader: DataLoader
+    dsampler: Optional[DistributedSampler]
+    gens: dict
+    test_loader: DataLoader
+    amp: bool
+    channels_last: bool
+
+
+class _Training:
+    """One training inside its :class:`msat.runs.Run`: :meth:`fit` builds (:meth:`build`), restores a resume
+    state (:meth:`restore`), runs the epochs (:meth:`epoch`, :meth:`save`) and commits (:meth:`finish`)."""
+
+    def __init__(self, rc: TrainRunConfig, config: dict, run: Run, ckpt_path: Path):
+        self.rc, self.t, self.config, self.run = rc, rc.train, config, run
+        self.env, self.device = run.env, run.device
+        self.ckpt_path, self.last_path = ckpt_path, last_ckpt_path(ckpt_path)
+        self.resume: Optional[dict] = None
+        if rc.train.resume:
+            if self.last_path.is_file():
+                self.resume = load_checkpoint(self.last_path)
+            else:
+                log.warning("train.resume=true but %s does not exist: starting from scratch", self.last_path)
+        self.start_epoch, self.best_acc, self.best_epoch = 0, 0.0, None
+        self.last_acc: Optional[float] = None
+        self.done = 0
+
+    def fit(self) -> dict:
+        """The whole training: the epochs from the start (or the resume state) on, then the committed set."""
+        t = self.t
+        m = self.build()
+        self.restore(m)
+        if self.env.enabled:
+            m.net = nn.parallel.DistributedDataParallel(m.model, device_ids=[self.device.index]
+                                                        if self.device.type == "cuda" else None)
+        base = self.begin(m)
+        rlog = self.run.open_logger(self.rc.logger, self.config,
+                                    keep_until=self.start_epoch if self.resume else None)
+        for epoch in range(self.start_epoch, t.epochs):
+            if t.stop_after_epochs is not None and self.done >= t.stop_after_epochs:
+                log.info("stopping after %d epochs (train.stop_after_epochs); resume with train.resume=true",
+                         self.done)
+                break
+            self.epoch(m, epoch, rlog, base)
+        return self.finish(rlog, base)
+
+    def build(self) -> _Model:
+        """Seeds, data, the model (checked against a resume state and the data), optimizer, schedule, loaders."""
+        t, seed, env, device, resume = self.t, self.rc.seed, self.env, self.device, self.resume
+        seed_everything(seed, deterministic=t.deterministic)
+        if device.type == "cuda" and not t.deterministic:
+            torch.backends.cudnn.benchmark = True
+        bundle = build_data(self.rc.dataset, artifacts=resume["artifacts"] if resume else None)
+        model, spec = build_model(self.rc.model, bundle.num_classes, bundle.model_kwargs)
+        if resume is not None:
+            check_resume(resume, self.config, spec, self.last_path)
+        check_input(model, bundle.train[0][0].unsqueeze(0), spec, bundle.name, bundle.num_classes)
+        model = model.to(device)
+        cuda = device.type == "cuda"
+        amp, channels_last = t.amp and cuda, t.channels_last and cuda and len(bundle.input_shape) == 3
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        optimizer = _optimizer(model, t)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(e, t.epochs, t.warmup_epochs))
+        scaler = torch.amp.GradScaler(device.type, enabled=amp)
+        train_loader, dsampler, gens = _train_loader(bundle.train, t, seed, env, device)
+        test_ds = Subset(bundle.test, range(env.rank, len(bundle.test), env.world_size)) if env.enabled \
+            else bundle.test
+        test_loader = build_loader(test_ds, max(1, t.eval_batch_size // env.world_size), shuffle=False,
+                                   num_workers=t.num_workers)
+        return _Model(model, model, spec, bundle, optimizer, scheduler, scaler, train_loader, dsampler, gens,
+                      test_loader, amp, channels_last)
+
+    def restore(self, m: _Model) -> None:
+        """Per-rank seeds (DDP), then the resume state: weights, optimizer, schedule, scaler, every RNG."""
+        env, resume = self.env, self.resume
+        if env.enabled:  # identical init everywhere (DDP also broadcasts), distinct dropout streams
+            seed_everything(self.rc.seed + env.rank, deterministic=self.t.deterministic)
+        if resume is None:
+            return
+        m.model.load_state_dict(resume["model"])
+        m.optimizer.load_state_dict(resume["optimizer"])
+        m.scheduler.load_state_dict(resume["scheduler"])
+        m.scaler.load_state_dict(resume["scaler"])
         rngs = resume["rng"]
         if len(rngs) != env.world_size:
-            raise UserError(f"{last_path} was written by {len(rngs)} processes, this run has "
+            raise UserError(f"{self.last_path} was written by {len(rngs)} processes, this run has "
                             f"{env.world_size}; resume with the same number of processes")
-        restore_rng_state(rngs[env.rank], gens)
-        start_epoch, best_acc = int(resume["epoch"]), float(resume["best_acc"])
-        best_epoch = resume.get("best_epoch")
-        log.info("resumed from %s at epoch %d (best acc %.4f)", last_path, start_epoch, best_acc)
-    net: nn.Module = model
-    if env.enabled:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
+        restore_rng_state(rngs[env.rank], m.gens)
+        self.start_epoch, self.best_acc = int(resume["epoch"]), float(resume["best_acc"])
+        self.best_epoch = resume.get("best_epoch")
+        log.info("resumed from %s at epoch %d (best acc %.4f)", self.last_path, self.start_epoch, self.best_acc)
 
-    progress = t.progress and env.is_main and sys.stderr.isatty()
-    log_progress = t.progress and env.is_main and not progress
-    name, ds_name = spec["name"], rc.dataset["name"]
-    base = {"config": config, "artifacts": bundle.artifacts, "model_name": name, "model_spec": spec,
-            "model_kwargs": spec["kwargs"], "num_classes": bundle.num_classes,
-            "input_shape": tuple(bundle.input_shape), "dataset": ds_name, "versions": versions(),
-            "run_dir": str(run_dir), "seed": rc.seed}
-    if env.is_main:
-        (run_dir / SUMMARY).unlink(missing_ok=True)      # until this run commits, the directory holds no result
-        write_config(run_dir / "config.yaml", config)
-        log.info("training %s on %s (%d train / %d test) on %s for %d epochs; run dir %s",
-                 name, ds_name, len(bundle.train), len(bundle.test), device, t.epochs, run_dir)
-    last_acc, done = None, 0
-    with RunLogger(rc.logger, run_dir, config, enabled=env.is_main, keep_until=start_epoch if resume else None) as rlog:
-        for epoch in range(start_epoch, t.epochs):
-            if t.stop_after_epochs is not None and done >= t.stop_after_epochs:
-                log.info("stopping after %d epochs (train.stop_after_epochs); resume with train.resume=true",
-                         done)
-                break
-            t0 = time.perf_counter()
-            if dsampler is not None:
-                dsampler.set_epoch(epoch)
-            lr = optimizer.param_groups[0]["lr"]
-            sums = train_one_epoch(net, train_loader, optimizer, scaler, device, amp, channels_last,
-                                   t.label_smoothing, t.max_steps_per_epoch, progress,
-                                   desc=f"epoch {epoch + 1}/{t.epochs}", stop=signals, env=env,
-                                   log_progress=log_progress)
-            if _stop_everywhere(signals, env, device):
-                # epoch > 0: _last.pt holds this run's state after `epoch` epochs (saved by it, or resumed from)
-                signum = signals.requested or signal.SIGTERM
-                raise Interrupted(interrupt_message(signum, epoch, t.epochs, epoch > 0, last_path,
-                                                    run_dir if hydra_run_dir() else None), signum)
-            loss_sum, correct, count = _all_reduce_sums(list(sums), env, device)
-            scheduler.step()
-            _broadcast_buffers(model, env)
-            test_loss, test_acc = evaluate(model, test_loader, device, amp, channels_last,
-                                           t.max_eval_batches, env)
-            last_acc, done = test_acc, done + 1
-            is_best = test_acc > best_acc or not ckpt_path.is_file()      # the first epoch is the best so far
-            if test_acc > best_acc or (best_epoch is None and resume is None):      # the epoch best_acc is of
-                best_epoch = epoch + 1
-            best_acc = max(best_acc, test_acc)
-            rngs = _gather(capture_rng_state(gens), env)
-            metrics = {"epoch": epoch + 1, "train_loss": loss_sum / max(count, 1),
-                       "train_acc": correct / max(count, 1), "test_loss": test_loss, "test_acc": test_acc,
-                       "best_acc": best_acc, "lr": lr, "seconds": time.perf_counter() - t0}
-            if env.is_main:
-                # the row first: a resume keeps the rows up to the epoch of _last.pt, so a kill between the
-                # two never leaves an epoch unlogged or logged twice
-                rlog.log(metrics, step=epoch + 1)
-                state = {**base, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                         "rng": rngs, "epoch": epoch + 1, "best_acc": best_acc, "best_epoch": best_epoch,
-                         "test_acc": test_acc}
-                if is_best:
-                    save_checkpoint(ckpt_path, state)
-                save_checkpoint(last_path, state)
-                log.info("epoch %d/%d  train loss %.4f acc %.4f  test loss %.4f acc %.4f  lr %.4g  %.1fs",
-                         epoch + 1, t.epochs, metrics["train_loss"], metrics["train_acc"], test_loss,
-                         test_acc, lr, metrics["seconds"])
-        if last_acc is None and resume is not None:  # nothing left to train
-            last_acc = float(resume.get("test_acc", resume["best_acc"]))
-        result = {"best_acc": best_acc, "best_epoch": best_epoch, "final_acc": last_acc, "ckpt": str(ckpt_path),
-                  "run_dir": str(run_dir)}
-        rlog.log_summary({**result, "epochs_done": done, "versions": base["versions"]})     # W&B, summary.json
-        if env.is_main:                                  # summary.json again, last, naming the set it commits
-            commit_in_place(run_dir, RESULT_FILES, rlog.summary, marker=SUMMARY)
+    def begin(self, m: _Model) -> dict:
+        """What every checkpoint records besides the state; rank 0 removes the old result's marker and writes
+        the config (the directory holds no result until this run commits) and says what it trains."""
+        name, ds_name, run_dir = m.spec["name"], self.rc.dataset["name"], self.run.run_dir
+        base = {"config": self.config, "artifacts": m.bundle.artifacts, "model_name": name, "model_spec": m.spec,
+                "model_kwargs": m.spec["kwargs"], "num_classes": m.bundle.num_classes,
+                "input_shape": tuple(m.bundle.input_shape), "dataset": ds_name, "versions": versions(),
+                "run_dir": str(run_dir), "seed": self.rc.seed}
+        if self.env.is_main:
+            (run_dir / SUMMARY).unlink(missing_ok=True)
+            write_config(run_dir / "config.yaml", self.config)
+            log.info("training %s on %s (%d train / %d test) on %s for %d epochs; run dir %s",
+                     name, ds_name, len(m.bundle.train), len(m.bundle.test), self.device, self.t.epochs, run_dir)
+        return base
+
+    def epoch(self, m: _Model, epoch: int, rlog: RunLogger, base: dict) -> None:
+        """One epoch (0-based ``epoch``): train (stopping at a step on a signal), evaluate, log and save."""
+        t, env, device, signals = self.t, self.env, self.device, self.run.signals
+        t0 = time.perf_counter()
+        if m.dsampler is not None:
+            m.dsampler.set_epoch(epoch)
+        lr = m.optimizer.param_groups[0]["lr"]
+        progress = t.progress and env.is_main and sys.stderr.isatty()
+        log_progress = t.progress and env.is_main and not progress
+        sums = train_one_epoch(m.net, m.train_loader, m.optimizer, m.scaler, device, m.amp, m.channels_last,
+                               t.label_smoothing, t.max_steps_per_epoch, progress,
+                               desc=f"epoch {epoch + 1}/{t.epochs}", stop=signals, env=env,
+                               log_progress=log_progress)
+        if _stop_everywhere(signals, env, device):
+            # epoch > 0: _last.pt holds this run's state after `epoch` epochs (saved by it, or resumed from)
+            signum = signals.requested or signal.SIGTERM
+            raise Interrupted(interrupt_message(signum, epoch, t.epochs, epoch > 0, self.last_path,
+                                                self.run.run_dir if hydra_run_dir() else None), signum)
+        loss_sum, correct, count = _all_reduce_sums(list(sums), env, device)
+        m.scheduler.step()
+        _broadcast_buffers(m.model, env)
+        test_loss, test_acc = evaluate(m.model, m.test_loader, device, m.amp, m.channels_last,
+                                       t.max_eval_batches, env)
+        self.last_acc, self.done = test_acc, self.done + 1
+        is_best = test_acc > self.best_acc or not self.ckpt_path.is_file()      # the first epoch is the best so far
+        if test_acc > self.best_acc or (self.best_epoch is None and self.resume is None):  # the epoch best_acc is of
+            self.best_epoch = epoch + 1
+        self.best_acc = max(self.best_acc, test_acc)
+        rngs = _gather(capture_rng_state(m.gens), env)
+        metrics = {"epoch": epoch + 1, "train_loss": loss_sum / max(count, 1),
+                   "train_acc": correct / max(count, 1), "test_loss": test_loss, "test_acc": test_acc,
+                   "best_acc": self.best_acc, "lr": lr, "seconds": time.perf_counter() - t0}
+        if env.is_main:
+            self.save(m, epoch, metrics, rngs, is_best, rlog, base)
+
+    def save(self, m: _Model, epoch: int, metrics: dict, rngs: list, is_best: bool, rlog: RunLogger,
+             base: dict) -> None:
+        """Rank 0 after an epoch: its row, then the state (``_last.pt``; the best checkpoint on a new best)."""
+        # the row first: a resume keeps the rows up to the epoch of _last.pt, so a kill between the
+        # two never leaves an epoch unlogged or logged twice
+        rlog.log(metrics, step=epoch + 1)
+        state = {**base, "model": m.model.state_dict(), "optimizer": m.optimizer.state_dict(),
+                 "scheduler": m.scheduler.state_dict(), "scaler": m.scaler.state_dict(),
+                 "rng": rngs, "epoch": epoch + 1, "best_acc": self.best_acc, "best_epoch": self.best_epoch,
+                 "test_acc": metrics["test_acc"]}
+        if is_best:
+            save_checkpoint(self.ckpt_path, state)
+        save_checkpoint(self.last_path, state)
+        log.info("epoch %d/%d  train loss %.4f acc %.4f  test loss %.4f acc %.4f  lr %.4g  %.1fs",
+                 epoch + 1, self.t.epochs, metrics["train_loss"], metrics["train_acc"], metrics["test_loss"],
+                 metrics["test_acc"], metrics["lr"], metrics["seconds"])
+
+    def finish(self, rlog: RunLogger, base: dict) -> dict:
+        """The result; the summary to the logger, and on rank 0 the committed set (``summary.json`` last) and the
+        final line."""
+        if self.last_acc is None and self.resume is not None:  # nothing left to train
+            self.last_acc = float(self.resume.get("test_acc", self.resume["best_acc"]))
+        result = {"best_acc": self.best_acc, "best_epoch": self.best_epoch, "final_acc": self.last_acc,
+                  "ckpt": str(self.ckpt_path), "run_dir": str(self.run.run_dir)}
+        rlog.log_summary({**result, "epochs_done": self.done, "versions": base["versions"]})     # W&B, summary.json
+        if self.env.is_main:                                  # summary.json again, last, naming the set it commits
+            self.run.commit(rlog.summary, names=RESULT_FILES, marker=SUMMARY)
             print(final_line(result), flush=True)
-    return result
+        return result
 
 
 def final_line(result: Mapping) -> str:

@@ -11,10 +11,12 @@ import os
 import platform
 import random
 import shutil
+import signal
 import stat
 import subprocess
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -32,6 +34,17 @@ class UserError(Exception):
 
 class UnknownNameError(UserError, ValueError):
     """An unknown model, dataset or option name; the message lists the valid ones."""
+
+
+class ConversionError(UserError, ValueError):
+    """The model (or the calibration data) cannot be converted; the message names the node."""
+
+
+class SimulationError(UserError, ValueError):
+    """Bad simulation arguments, or an op that mixes time steps of the folded batch."""
+
+
+VERSION = "0.1.0"         # the package version (msat.__version__)
 
 
 class Interrupted(Exception):
@@ -54,8 +67,6 @@ class StopSignals:
         self._saved: dict = {}
 
     def _handle(self, signum: int, frame: Any) -> None:
-        import signal
-
         if self.requested is not None:                 # a second signal: the default behaviour
             signal.signal(signum, self._saved.get(signum, signal.SIG_DFL))
             signal.raise_signal(signum)
@@ -65,9 +76,6 @@ class StopSignals:
                     signal.Signals(signum).name)
 
     def __enter__(self) -> "StopSignals":
-        import signal
-        import threading
-
         if threading.current_thread() is threading.main_thread():
             for name in self.SIGNALS:
                 num = getattr(signal, name)
@@ -75,8 +83,6 @@ class StopSignals:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        import signal
-
         for num, handler in self._saved.items():
             signal.signal(num, handler)
         self._saved = {}
@@ -319,8 +325,6 @@ def git_commit(repo: str | os.PathLike | None = None) -> str | None:
 
 def versions() -> dict:
     """Versions of Python, torch, torchvision, msat and the git commit, for provenance."""
-    from . import __version__
-
     try:
         import torchvision
         tv = str(torchvision.__version__)
@@ -331,7 +335,7 @@ def versions() -> dict:
         "torch": str(torch.__version__),
         "torchvision": tv,
         "cuda": torch.version.cuda,
-        "msat": __version__,
+        "msat": VERSION,
         "git_commit": git_commit(),
     }
 

@@ -67,9 +67,22 @@ def test_compare_methods_smoke(tmp_path, monkeypatch):
             assert interval == f"({100 * lo:.1f}-{100 * hi:.1f})", (job, t, cell)
         assert run["acc"] == [c / 64 for c in run["counts"]["correct"]]
     labels = [r[0] for r in body]
-    # SNN Calibration's rows calibrated for T = 32 and 256 are left out at T = 16: only calib_T = 8 remains
+    # SNN Calibration's rows calibrated for T = 32 and 256 are left out at T = 16: only calib_T = 8 remains, with
+    # the shared calibration batch and with the official protocol on its 5 run seeds (digits_cnn has max pools)
+    pools = "; LIPool on max pooling (the official code has average pooling only))"
     assert [lb for lb in labels if lb.startswith("SNN Calibration")] == [
-        "SNN Calibration, light (calib. T=8)", "SNN Calibration, advanced (calib. T=8)"]
+        f"SNN Calibration, {p} (calib. T=8, {data}{pools}" for p in ("light", "advanced")
+        for data in ["shared calibration batch"] + ["official protocol: 1 augmented training batch of 128, "   # 256 images
+                                                    "corrections on a fresh one"] * 5]
+    official = [load_run(runs_dir / f"compare_{j.key}") for j in jobs if ("method.protocol", "official") in j.overrides]
+    assert sorted(r["config"]["seed"] for r in official) == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
+    for r in official:                          # the protocol's calibration data is what ran (and is recorded)
+        calib = r["method"]["conversion"]["calib"]
+        assert (calib["batches"], calib["batch_size"], calib["transform"], calib["shuffle"]) == (8, 128, "train", True)
+        assert r["method"]["cost"]["calib_images"] == 256               # all the smoke split holds: 2 batches
+    seeds_md = out.read_text().split("## Across seeds", 1)[1].split("##", 1)[0]
+    rows_ = [line for line in seeds_md.splitlines() if line.startswith("| SNN Calibration")]
+    assert len(rows_) == 2 and all("official protocol" in line and "| 0, 1, 2, 3, 4 |" in line for line in rows_)
     assert "SRP (tau=4)" in labels and "QCFS" in labels
 
     # a table can never read another checkpoint's run: the relu rows checked against the QCFS checkpoint fail

@@ -1,5 +1,5 @@
 """Configs: one schema per group (the dataclasses of msat.config), YAML holding only what differs, every
-option composing, methods one-to-one with conf/method, experiment files saying what they claim, and
+option composing, methods one-to-one with the generated method group, experiment files saying what they claim, and
 the conversion config recorded as composed."""
 from __future__ import annotations
 
@@ -8,11 +8,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hydra.core.global_hydra import GlobalHydra
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from msat import config as C
-from msat.config import ConfigError, conversion_config, from_mapping
+from msat.config import ConfigError, from_mapping
+from msat.conversion import conversion_config
 from msat.evaluate import check_config
 from msat.methods import get_method, list_methods
 from msat.utils import UserError
@@ -33,7 +35,10 @@ def compose_eval(*overrides: str, hydra: bool = False):
 
 
 def test_required_group_options_exist():
-    assert options("method") == sorted(list_methods())                # one YAML per registered method
+    assert not options("method")                                       # no YAML: generated from the registry
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        generated = GlobalHydra.instance().config_loader().get_group_options("method")
+    assert sorted(generated) == sorted(list_methods())                 # one option per registered method
     assert set(options("calib")) >= {"default", "authors", "authors_vgg16", "authors_imagenet"}
     assert set(options("pool")) >= {"lipool", "gate", "avg"}
     assert set(options("sim")) >= {"default", "smoke"}
@@ -70,13 +75,13 @@ def test_roots_are_defaults_lists_over_the_schemas():
 
 
 @pytest.mark.parametrize("name", list_methods())
-def test_method_yaml_composes_to_the_library_preset(name):
-    """``method=<name>`` (Hydra) and ``{"method": name}`` (the library) give the same conversion config."""
-    text = (CONF / "method" / f"{name}.yaml").read_text()
-    assert f"/method_def@_here_: {name}" in text and "# @package _global_" in text
+def test_method_group_is_generated_and_composes_to_the_library_preset(name):
+    """``method=<name>`` (Hydra, the group generated from the registry: no YAML file) and ``{"method": name}``
+    (the library) give the same conversion config."""
+    assert not (CONF / "method" / f"{name}.yaml").exists()
     cfg = compose_eval(f"method={name}")
-    hydra_side = dataclasses.asdict(conversion_config(cfg))
-    library = dataclasses.asdict(conversion_config({"method": name, "T": cfg.T}))
+    hydra_side = dataclasses.asdict(conversion_config(cfg, T=cfg.T))
+    library = dataclasses.asdict(conversion_config({"method": name}, T=cfg.T))
     assert hydra_side == library
     assert cfg.method.name == name and get_method(name).label
 
@@ -127,7 +132,7 @@ def test_launchers_compose(launcher):
 
 
 def test_method_presets_mean_what_the_papers_say():
-    c = {m: conversion_config({"method": m, "T": 64}) for m in list_methods()}
+    c = {m: conversion_config({"method": m}, T=64) for m in list_methods()}
     assert (c["if_max"].neuron.k, c["if_max"].neuron.gamma, c["if_max"].calib.percentile) == (1.0, 1, 1.0)
     assert c["robust_norm"].calib.percentile == 0.999
     assert c["vth_scaled"].neuron.k == 0.2

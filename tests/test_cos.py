@@ -9,7 +9,8 @@ import torch
 import torch.nn as nn
 
 import msat
-from msat.config import ConfigError, conversion_config
+from msat.config import ConfigError
+from msat.conversion import conversion_config
 from msat.methods.cos import cos_start
 from msat.models import QCFS, apply_activation
 

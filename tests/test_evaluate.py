@@ -14,6 +14,7 @@ from hydra import compose, initialize_config_dir
 
 import msat
 from msat import evaluate
+from msat.config import EvalConfig, from_mapping
 from msat.evaluate import report_steps
 from msat.measure import unpack_outcomes
 from msat.utils import UserError
@@ -150,8 +151,8 @@ def test_report_steps():
     assert evaluate.report_steps(256) == [1, 4, 8, 16, 32, 64, 128, 256]
     assert evaluate.report_steps(20) == [1, 4, 8, 16, 20]
     assert evaluate.report_steps(64, [64, 1, 7]) == [1, 7, 64]
-    with pytest.raises(UserError, match=r"report_T \[0, 64\] outside 1..T=32"):
-        evaluate.report_steps(32, [0, 16, 64])
+    with pytest.raises(UserError, match=r"report_T \[0, 64\] outside 1..T=32"):     # the config's one check
+        from_mapping(EvalConfig, {"T": 32, "report_T": [0, 16, 64]})
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -165,13 +166,13 @@ def test_report_steps():
     (("method=qcfs",), "method 'qcfs' converts a QCFS ANN"),
 ])
 def test_bad_input_fails_before_compute(ckpt_dir, tmp_path, monkeypatch, overrides, message):
-    monkeypatch.setattr(msat, "simulate", lambda *a, **k: pytest.fail("simulated despite bad input"))
+    monkeypatch.setattr(evaluate, "simulate", lambda *a, **k: pytest.fail("simulated despite bad input"))
     with pytest.raises(UserError, match=message):
         evaluate.run(make_cfg(tmp_path, ckpt_dir, *overrides), run_dir=tmp_path / "r")
 
 
 def test_missing_and_mismatched_checkpoint(ckpt_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(msat, "simulate", lambda *a, **k: pytest.fail("simulated despite bad input"))
+    monkeypatch.setattr(evaluate, "simulate", lambda *a, **k: pytest.fail("simulated despite bad input"))
     with pytest.raises(UserError, match=r"create it with: python train_ann.py dataset=digits model=digits_cnn"):
         evaluate.run(make_cfg(tmp_path, tmp_path / "empty"), run_dir=tmp_path / "r")
     with pytest.raises(UserError, match=r"trained with another model .*model.kwargs.width: checkpoint 32, config 16"):
@@ -265,7 +266,7 @@ def test_resume_state_checks(ckpt_dir, tmp_path, monkeypatch):
     with pytest.raises(UserError, match="different number of processes"):
         evaluate.load_eval_state(tmp_path / "eval_state.pt", {}, tmp_path, 1, torch.device("cpu"))
     assert evaluate.load_eval_state(tmp_path / "eval_state.rank1.pt", {}, tmp_path, 2, torch.device("cpu")) is None
-    monkeypatch.setattr(msat, "simulate", lambda *a, **k: pytest.fail("simulated despite bad input"))
+    monkeypatch.setattr(evaluate, "simulate", lambda *a, **k: pytest.fail("simulated despite bad input"))
     for bad, message in (("sim.checkpoint_every=-1", "checkpoint_every"), ("sim.stop_after_batches=0", "stop_after")):
         with pytest.raises(UserError, match=message):
             evaluate.run(make_cfg(tmp_path, ckpt_dir, bad), run_dir=tmp_path / "r")
@@ -372,7 +373,8 @@ def test_every_method_end_to_end(request, one_thread, ckpt_dir, tmp_path, name, 
     assert m["ann_acc"] >= 0.9
     params = rec["params"]
     if name.startswith("snn_calib"):
-        assert params["calib_T"] == 16 and rec["label"].endswith("(calib. T=16)")     # not given: the run's T
+        assert params["calib_T"] == 16 and "(calib. T=16, shared calibration batch" in rec["label"]   # the run's T
+        assert rec["label"].endswith("(the official code has average pooling only))") == (ann == "relu")  # max pools
         assert rec["cost"]["sim_steps"] >= 16 * len(m["layers"])                       # one calib_T run per layer
     elif name in ("srp", "cos"):                                   # tau / rho pre-simulation steps per batch
         key = "tau" if name == "srp" else "rho"

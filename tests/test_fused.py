@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from msat.config import conversion_config
+from msat.conversion import conversion_config
 from msat.neurons import SCLayer, SpikingNeuron
 
 
@@ -41,16 +41,20 @@ def _run(fused: bool, dynamics: str, units: str, reset: str, gamma: int, sc_mode
         (n.vsum.clone() if n.vsum is not None else None)
 
 
-@pytest.mark.parametrize("dynamics", ["if", "msat"])
-@pytest.mark.parametrize("units", ["normalized", "raw"])
-@pytest.mark.parametrize("reset,gamma", [("soft", 1), ("hard", 1), ("soft", 3)])
-@pytest.mark.parametrize("sc_mode", [None, "emitted", "filtered"])
-@pytest.mark.parametrize("extras", [False, True])
+# each option at least once, with the other dynamics and units: the options are branches of one step function
+# (``if_step``, ``msat_threshold``), which both paths call; what differs is its form (in place into buffers, or
+# functional) and the loop around it
+CASES = [("if", "normalized", "soft", 1, None, False), ("if", "raw", "hard", 1, "emitted", True),
+         ("if", "normalized", "soft", 3, "filtered", True), ("if", "raw", "soft", 3, "emitted", False),
+         ("msat", "normalized", "soft", 1, "filtered", True), ("msat", "raw", "soft", 3, "emitted", True),
+         ("msat", "normalized", "hard", 1, None, False), ("msat", "raw", "hard", 1, "filtered", False)]
+
+
+@pytest.mark.parametrize("dynamics,units,reset,gamma,sc_mode,extras", CASES)
 def test_fused_step_equals_the_eager_loop(dynamics, units, reset, gamma, sc_mode, extras):
-    """The fused per-step function (uncompiled here) gives the eager loop's spikes, outputs and state for
-    every option: both thresholds and units, soft/hard reset, burst gamma, SC (both resets), v_init, v0,
-    an input bias and an SRP mask, in three chunks; and with the input buffer consumed or not, spikes kept
-    or not, and a static input."""
+    """The fused per-step function (uncompiled here) gives the eager loop's spikes, outputs and state: both
+    thresholds and units, soft/hard reset, burst gamma, SC (both resets), v_init, v0, an input bias and an SRP
+    mask, in three chunks; and with the input buffer consumed or not, spikes kept or not, and a static input."""
     for consume, keep, static in ((True, True, False), (False, True, False), (True, False, False),
                                   (False, True, True)):
         want = _run(False, dynamics, units, reset, gamma, sc_mode, extras, torch.float64, consume=consume,

@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn as nn
 
 import msat
-from msat.config import ConfigError, conversion_config
+from msat.config import ConfigError
+from msat.conversion import conversion_config
 from msat.methods import get_method, list_methods, register_method
 from msat.methods.base import Method
 from msat.models import QCFS, apply_activation, build_model
@@ -173,7 +175,7 @@ def test_spicalib_negative_spikes_by_hand():
 def test_spicalib_defaults_labels_and_signed_statistics():
     """BrainCog's rule by default; A = T // 2 when not given (this project's choice: BrainCog's default 0 is off);
     every label names its rule."""
-    conv = conversion_config({"method": "spicalib", "T": 64})
+    conv = conversion_config({"method": "spicalib"}, T=64)
     assert (conv.method.allowance, conv.method.debt, conv.calib.percentile) == (32, "braincog", 0.9995)
     with pytest.raises(ConfigError, match="defaults to T // 2"):
         conversion_config({"method": "spicalib"})
@@ -181,7 +183,7 @@ def test_spicalib_defaults_labels_and_signed_statistics():
         conversion_config({"method": {"name": "spicalib", "debt": "none", "allowance": 3}})
     for debt, label in (("braincog", "SpiCalib (A=32, BrainCog's rule)"),
                         ("net", "SpiCalib (A=32, net rule, our variant)")):
-        cfg = conversion_config({"method": {"name": "spicalib", "debt": debt}, "T": 64})
+        cfg = conversion_config({"method": {"name": "spicalib", "debt": debt}}, T=64)
         assert get_method("spicalib")(cfg).describe() == label
     from msat.measure import SpikeStats
 
@@ -232,7 +234,47 @@ def test_snn_calibration_by_hand(pipeline):
         assert float(n.i_bias) == pytest.approx(0.033, abs=1e-6)
         assert float(n.v0.flatten()[0]) * 0.264 == pytest.approx(0.076, abs=1e-6)
     assert (snn.cost.ann_forwards, snn.cost.sim_steps) == (2, 4)
-    assert snn.method.describe() == f"SNN Calibration, {pipeline} (calib. T=4)"
-    assert conversion_config({"method": "snn_calib_light", "T": 32}).method.calib_T == 32     # default: the run's T
+    assert snn.method.describe() == f"SNN Calibration, {pipeline} (calib. T=4, shared calibration batch)"
+    assert conversion_config({"method": "snn_calib_light"}, T=32).method.calib_T == 32     # default: the run's T
     with pytest.raises(ConfigError, match="calib_T defaults to the run's T"):
         conversion_config({"method": "snn_calib_light"})
+
+
+@pytest.mark.parametrize("pipeline", ["light", "advanced"])
+def test_snn_calibration_official_protocol_by_hand(pipeline):
+    """protocol=official: the thresholds from the first 7 batches (all x of the test above: theta = .264), the
+    corrections on the 8th, fresh batch y = (1, 1): ANN a = (.3, .3); z = .3 + .033 fires at all 4 steps, mean
+    output .264, so light adds .3 - .264 = .036 to the input current (.033 + .036), advanced sets
+    V(-1) = .036 * 4 = .144. The shared protocol corrects on the first batch instead (the test above). The
+    protocol fixes the calibration data of convert_eval (7 + 1 augmented training batches of 128, shuffled)."""
+    x, y = torch.tensor([[1.0], [2.0 / 3.0]]), torch.ones(2, 1)
+    cfg = {"method": {"name": f"snn_calib_{pipeline}", "calib_T": 4, "protocol": "official"}}
+    snn = msat.convert(_one_layer(), [x] * 7 + [y], cfg)
+    (name, n), = snn.neuron_layers()
+    assert float(n.theta) == pytest.approx(0.264, abs=1e-6)
+    if pipeline == "light":
+        assert float(n.i_bias.flatten()[0]) == pytest.approx(0.033 + 0.036, abs=1e-6)
+    else:
+        assert float(n.v0.flatten()[0]) * 0.264 == pytest.approx(0.144, abs=1e-6)
+    assert (snn.cost.ann_forwards, snn.cost.sim_steps) == (8, 4)
+    assert "official protocol: 7 augmented training batches of 2, corrections on a fresh one" in snn.method.describe()
+    with pytest.raises(msat.ConversionError, match="needs at least 2 calibration batches"):
+        msat.convert(_one_layer(), x, cfg)                    # one batch: no fresh one for the corrections
+    calib = conversion_config(cfg).calib
+    assert (calib.batches, calib.batch_size, calib.transform, calib.shuffle) == (8, 128, "train", True)
+    shared = conversion_config({**cfg, "method": {**cfg["method"], "protocol": "shared"}, "calib": {"batches": 2}})
+    assert (shared.calib.batches, shared.calib.batch_size, shared.calib.transform) == (2, 512, "test")
+    with pytest.raises(ConfigError, match="protocol"):
+        conversion_config({"method": {"name": "snn_calib_light", "calib_T": 4, "protocol": "paper"}})
+
+
+def test_official_protocol_rows_run_on_their_seeds():
+    """compare-methods: the official protocol's row runs on method.seeds run seeds (seed= 0..4), the shared
+    protocol's on one; a profile may cap the run seeds."""
+    import experiments.compare_methods as cm
+
+    keys = [r for r in cm.rows(256) if r.method == "snn_calib_light" and ("method.protocol", "official") in r.overrides]
+    assert [r.run_seed for r in keys] == [0, 1, 2, 3, 4] and len({r.key for r in keys}) == 5
+    assert "seed: 3" in cm.row_config(keys[3], Path("x.pt")) and "seed:" not in cm.row_config(keys[0], Path("x.pt"))
+    capped = cm.rows(64, cm.Profile(variants="first", max_run_seeds=2))
+    assert [r.run_seed for r in capped if r.method == "snn_calib_advanced"] == [0, 0, 1]

@@ -1,4 +1,4 @@
-"""Neuron dynamics against hand-computed sequences (plain Python math), and pure == module."""
+"""Neuron dynamics against hand-computed sequences (plain Python math); the step functions' two forms."""
 from __future__ import annotations
 
 import math
@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 
-from msat.config import conversion_config
-from msat.neurons import (SCLayer, SignedState, SpikingNeuron, fire, fixed_step, msat_step, msat_threshold, reset_net,
-                          reset_potential, signed_step, spike_confidence)
+from msat.conversion import conversion_config
+from msat.neurons import (SCLayer, SignedState, SpikingNeuron, if_step, msat_det, msat_threshold, reset_net,
+                          signed_step)
 
 
 def make(theta: float = 1.0, threshold: str = "fixed", **neuron) -> SpikingNeuron:
@@ -144,8 +144,11 @@ def test_msat_differs_between_units():
 def test_msat_threshold_no_overflow():
     hp = conversion_config({"method": "msat"}).neuron
     for z, v in [(-1e30, 0.0), (1e30, 1e30), (-3e38, -3e38), (0.0, 3e38), (-1e4, -1e4)]:
-        th = msat_threshold(torch.tensor([z]), torch.tensor([v]), torch.tensor([-v]), 3, 1.0, hp)
-        assert torch.isfinite(th).all() and (th > 0).all()
+        z, v = torch.tensor([z]), torch.tensor([v])
+        for gamma in (1, 3):                               # Vbar = -v: d = 2v
+            th = msat_threshold(v, -v, torch.tensor(1.0), msat_det(z, 1.0, hp, 80.0), 1.0, hp, gamma)
+            assert torch.isfinite(th).all() and (th >= 0).all()
+            assert (th > 0).all() or gamma == 1             # burst: kept above 0 (V/th must not be 0/0)
     n = make(1.0, threshold="msat").float()
     z = torch.tensor([[-1e6], [1e6], [-1e6], [-1e6], [3.0]])
     o, s = n.run_chunk(z, 5, 1, keep_spikes=True)
@@ -204,98 +207,55 @@ def test_sc_emitted_differs_from_filtered():
     assert sum(outs[1][5:]) > sum(outs[0][5:])
 
 
-# ----------------------------------------------------------------------------- parity, state
+# ----------------------------------------------------------------------------- per-channel scales, SpiCalib with SC
 
-def _pure_reference(dynamics, z, theta, cfg, units, gamma, hard, v_init, v0, sc_draws, sc_p, E, filtered,
-                    allowance=0.0, debt="net", i_bias=None, mask=None):
-    """The pure step functions over the whole sequence, in the engine's documented order: V_pre = V + z
-    (z includes the input bias), fire, spike confidence, reset, SpiCalib's negative spikes, SRP's output
-    mask. Returns (outputs (T, B, ...), final V, final sum of V)."""
-    T = z.shape[0]
-    normalized = units == "normalized" and dynamics == "msat"
-    th_in = torch.ones_like(theta) if normalized else theta
-    v = (torch.full_like(z[0], v_init) + (v0 if v0 is not None else 0)) * th_in
-    vsum, outs = torch.zeros_like(v), []
-    st = SignedState.zeros(v) if dynamics == "signed" else None
-    for t in range(T):
-        zt = z[t] + (i_bias if i_bias is not None else 0)
-        zt = zt / theta if normalized else zt
-        if dynamics == "msat":
-            th = msat_threshold(zt, v, vsum / t if t > 0 else None, t, th_in, cfg)
-        else:
-            th = cfg.k * th_in
-        v_pre = v + zt
-        s = fire(v_pre, th, gamma)
-        s_out = spike_confidence(s, sc_p, sc_draws[t]) if sc_draws is not None and t < E else s
-        s_reset = s_out if filtered or sc_draws is None else s
-        v = reset_potential(v_pre, th, s_reset, hard)
-        if dynamics == "signed":
-            # the filter sees what reset the neuron; an emitted-mode SC drop applies to its output afterwards
-            s_sig, st = signed_step(s_reset, st, t, allowance, debt)
-            s_out = spike_confidence(s_sig, sc_p, sc_draws[t]) if sc_draws is not None and t < E and not filtered \
-                else s_sig
-        if mask is not None:
-            s_out = s_out * mask
-        vsum = vsum + v
-        outs.append(s_out * th * (theta if normalized else 1))
-    return torch.stack(outs), v, vsum
-
-
-DYN = {"if": ("if", 0.0, "net"), "msat": ("msat", 0.0, "net"), "signed_net": ("signed", 2.0, "net"),
-       "signed_braincog": ("signed", 1.0, "braincog")}
-
-
-@pytest.mark.parametrize("dyn", list(DYN))
+@pytest.mark.parametrize("dynamics", ["if", "msat", "signed"])
 @pytest.mark.parametrize("units", ["normalized", "raw"])
 @pytest.mark.parametrize("reset,gamma", [("soft", 1), ("hard", 1), ("soft", 3)])
-@pytest.mark.parametrize("sc_mode", [None, "emitted", "filtered"])
-@pytest.mark.parametrize("extras", [False, True])
-def test_module_matches_pure_functions(dyn, units, reset, gamma, sc_mode, extras):
-    """The engine's in-place loop, run in three chunks, equals the pure step functions for every option:
-    the three dynamics (SpiCalib with both debt rules and a nonzero allowance), both units, soft/hard reset,
-    burst gamma, spike confidence (both resets), v_init and a per-element v0, and (``extras``) an input bias
-    and an SRP output mask. The final potential (and MSAT's sum of V) agree too."""
-    dynamics, allowance, debt = DYN[dyn]
+def test_per_channel_scales_equal_one_neuron_per_channel(dynamics, units, reset, gamma):
+    """A layer with one scale per channel (a zero one included: it never fires), a per-element v0 and a per-channel
+    input bias, run in three chunks, gives each channel what a layer with that channel's scalar settings gives."""
     g = torch.Generator().manual_seed(0)
-    T, B, C, E, p = 12, 3, 4, 5, 0.6
-    theta = torch.rand(C, 1, generator=g, dtype=torch.float64) * 3 + 0.5       # per channel (C, 1)
+    T, B, C = 12, 3, 4
+    theta = torch.tensor([1.3, 0.0, 2.1, 0.7], dtype=torch.float64).view(C, 1)
     z = torch.randn(T, B, C, 2, generator=g, dtype=torch.float64) * 2
-    v0 = torch.rand(C, 2, generator=g, dtype=torch.float64) * 0.4              # per-element initial potential
-    i_bias = (torch.rand(C, 1, generator=g, dtype=torch.float64) - 0.5) if extras else None   # per channel
-    mask = (torch.rand(B, C, 2, generator=g) < 0.6).double() if extras else None              # (B, ...) 0/1
+    v0 = torch.rand(C, 2, generator=g, dtype=torch.float64) * 0.4
+    i_bias = torch.rand(C, 1, generator=g, dtype=torch.float64) - 0.5
     cfg = conversion_config({"neuron": {"units": units, "reset": reset, "gamma": gamma, "alpha": 0.3,
                                         "v_init": 0.25}}).neuron
-    n = SpikingNeuron(cfg, "p", dynamics, allowance=allowance, debt=debt).double()
-    n.set_theta(theta)
-    n.set_v0(v0)
-    n.set_input_bias(i_bias)
-    n.mask = mask
-    layer = SCLayer(p, E, sc_mode == "filtered", torch.Generator().manual_seed(3)) if sc_mode else None
-    outs, t0 = [], 0
-    for steps in (5, 1, 6):                                # three chunks, state carried across them
-        c = z[t0:t0 + steps].reshape(steps * B, C, 2).clone()
-        o, _ = n.run_chunk(c, steps, B, keep_spikes=True, sc=layer)
-        outs.append(o.view(steps, B, C, 2).clone())         # the output may live in a buffer reused next chunk
-        t0 += steps
-    got = torch.cat(outs)
-    draws = torch.rand((E, B, C, 2), generator=torch.Generator().manual_seed(3), dtype=torch.float64) \
-        if sc_mode else None
-    want, v, vsum = _pure_reference(dynamics, z, theta, cfg, units, gamma, reset == "hard", 0.25, v0, draws, p, E,
-                                    sc_mode == "filtered", allowance, debt, i_bias, mask)
-    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(n.v, v, rtol=1e-12, atol=1e-12)
-    if dynamics == "msat":
-        torch.testing.assert_close(n.vsum, vsum, rtol=1e-12, atol=1e-12)
-    assert n.t == T and (got != 0).any()
-    if dynamics == "signed":
-        assert (got < 0).any()                             # the sequence really emits negative spikes
-    if mask is not None:
-        assert (got[:, mask == 0] == 0).all()              # masked neurons emit nothing ...
-        assert (got[:, mask == 1] != 0).any()
-        unmasked, v_u, _ = _pure_reference(dynamics, z, theta, cfg, units, gamma, reset == "hard", 0.25, v0, draws,
-                                           p, E, sc_mode == "filtered", allowance, debt, i_bias, None)
-        torch.testing.assert_close(n.v, v_u, rtol=1e-12, atol=1e-12)       # ... but integrate and reset as usual
-        assert (unmasked[:, mask == 0] != 0).any()         # and would have fired
+
+    def layer(th, v0_, bias, zz):
+        n = SpikingNeuron(cfg, "p", dynamics, allowance=2.0).double()
+        n.set_theta(th)
+        n.set_v0(v0_)
+        n.set_input_bias(bias)
+        outs, t0 = [], 0
+        for steps in (5, 1, 6):
+            o, _ = n.run_chunk(zz[t0:t0 + steps].reshape(steps * B, *zz.shape[2:]).clone(), steps, B)
+            outs.append(o.view(steps, B, *zz.shape[2:]).clone())
+            t0 += steps
+        return torch.cat(outs), n.v
+    got, v = layer(theta, v0, i_bias, z)
+    for c in range(C):
+        want, v_c = layer(theta[c, 0], v0[c:c + 1], i_bias[c:c + 1], z[:, :, c:c + 1])
+        torch.testing.assert_close(got[:, :, c:c + 1], want, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(v[:, c:c + 1], v_c, rtol=1e-12, atol=1e-12)
+    assert (got[:, :, 1] == 0).all() and (got != 0).any()
+
+
+@pytest.mark.parametrize("reset", ["emitted", "filtered"])
+def test_signed_sees_the_spikes_that_reset(reset):
+    """SpiCalib's filter runs after the reset on the spikes that reset the neuron; an ``emitted`` SC drop applies
+    to its output afterwards. A = 1, SC p = 0 for t < 2, z = 1, 1, 0, ...:
+
+    emitted: spikes at t = 0, 1 reset the neuron and count for the filter (net 2, isi .5, t_last 1) but are
+    dropped; t - t_last > 1.5 at t = 3, 4 gives -1, -1 (net 2 -> 0), then ``net`` blocks.
+    filtered: the dropped spikes do not reset (V = 1, 2); t = 2: V = 2 fires (the filter: isi 2, t_last 2,
+    net 1), V = 1; t = 3: V = 1 fires (isi 1.5, t_last 3, net 2), V = 0; t - t_last > 2.5 at t = 6, 7: -1, -1."""
+    n = SpikingNeuron(conversion_config({}).neuron, "s", "signed", allowance=1.0).double()
+    n.set_theta(torch.tensor(1.0, dtype=torch.float64))
+    out, _ = run(n, [1.0, 1.0] + [0.0] * 7, chunk=4, sc=sc(0.0, reset, E=2))
+    assert out == ([0, 0, 0, -1, -1, 0, 0, 0, 0] if reset == "emitted" else [0, 0, 1, 1, 0, 0, -1, -1, 0])
 
 
 def test_pure_signed_step_by_hand():
@@ -317,12 +277,30 @@ def test_pure_signed_step_by_hand():
         assert st.net.tolist() == ([0, 1] if debt == "net" else [-1, -1])
 
 
-def test_pure_functions_do_not_mutate():
-    z, v = torch.tensor([0.7, 1.4]), torch.tensor([0.5, 0.2])
-    z0, v0 = z.clone(), v.clone()
-    fixed_step(z, v, 1.0)
-    msat_step(z, v, v.clone(), 2, 1.0, conversion_config({}).neuron)
-    assert torch.equal(z, z0) and torch.equal(v, v0)
+def test_step_functions_functional_and_buffer_forms():
+    """Without buffers the step functions mutate nothing (the fused step); with them (the eager engine) they write
+    into the buffers and update V in place. The two forms agree (gamma 1: exactly; MSAT's threshold up to the one
+    rounding its eager form saves)."""
+    g = torch.Generator().manual_seed(1)
+    z, v, vsum = (torch.randn(64, generator=g, dtype=torch.float64) for _ in range(3))
+    keep, mask = (torch.rand(64, generator=g, dtype=torch.float64) < 0.5).double(), (torch.rand(64, generator=g) < .7)
+    hp = conversion_config({"method": "msat", "neuron": {"alpha": 0.3, "k_i": 0.5, "tau_mp": 0.5}}).neuron
+    z0, v0, vsum0 = z.clone(), v.clone(), vsum.clone()
+    e = msat_det(z, 1.3, hp, 80.0)
+    th = msat_threshold(v, vsum, torch.tensor(0.25, dtype=torch.float64), e, 1.3, hp)
+    for hard, filtered in ((False, False), (True, True)):
+        s, v_next = if_step(z, v, th, 1, hard, keep, filtered, mask.double())
+        assert torch.equal(z, z0) and torch.equal(v, v0) and torch.equal(vsum, vsum0)
+        bufs = {k: torch.full_like(v, float("nan")) for k in ("e", "d", "x", "th", "s")}
+        th_b = msat_threshold(v, vsum, 0.25, msat_det(z, 1.3, hp, 80.0, bufs["e"]), 1.3, hp, 1, bufs["d"], bufs["x"],
+                              bufs["th"])
+        assert th_b.data_ptr() == bufs["th"].data_ptr()
+        torch.testing.assert_close(th_b, th, rtol=1e-15, atol=1e-15)
+        v_b = v.clone()
+        s_b, v_b2 = if_step(z, v_b, th, 1, hard, keep, filtered, mask.double(), s=bufs["s"])
+        assert s_b.data_ptr() == bufs["s"].data_ptr() and v_b2.data_ptr() == v_b.data_ptr()
+        assert torch.equal(s_b, s) and torch.equal(v_b, v_next)
+        assert (s[~mask] == 0).all() and (s != 0).any()
 
 
 def test_reset_net_clears_state():

@@ -300,7 +300,12 @@ def test_profiles_name_checkpoints_and_rows(tmp_path, monkeypatch):
     jobs = cm.rows(prof.t_grid[-1], prof)
     first = [j for j in jobs if j.seed == 0]
     assert {j.method for j in first} == set(cm.list_methods())            # every registered method ...
-    assert len({j.method for j in first}) == len(first)                    # ... once, with its defaults
+    for name in cm.list_methods():                                         # ... with its headline rows: its defaults
+        cls = cm.get_method(name)                                          # (SNN Calibration: both protocols, the
+        mine = [(dict(j.overrides), j.run_seed) for j in first if j.method == name]   # official one capped to 1 seed)
+        want = [({k: v for k, v in var.items() if k != "ann"}, 0) for var in cls.variants[:cls.headline]]
+        assert mine == want, name
+    assert prof.max_run_seeds == 1 and sum(j.method.startswith("snn_calib") for j in first) == 4
     assert sorted((j.method, j.seed) for j in jobs if j.seed) == sorted(
         (m, s) for m in prof.seed_methods for s in (1, 2))
     assert cm.ckpt_path(tmp_path, "fashion_mnist", "resnet20", "qcfs", prof, 0).name == "fashion_mnist_resnet20_w8_qcfs_s0.pt"

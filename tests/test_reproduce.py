@@ -12,7 +12,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from experiments import reproduce as rpd
-from msat.config import conversion_config
+from msat.conversion import conversion_config
 from msat.methods import get_method
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
@@ -35,7 +35,7 @@ def job_configs(target: str, *extra: str) -> list[dict]:
 def fake_run(cfg: dict, k: int) -> dict:
     """Metrics shaped like evaluate.run's, every measured value distinct per job ``k`` (and per layer), so a
     table that reads the wrong run or the wrong layer shows the wrong number."""
-    conv = conversion_config(cfg)
+    conv = conversion_config(cfg, T=cfg["T"])
     method = get_method(conv.method.name)(conv)
     T = cfg["T"]
     acc = [0.9 * (1 - math.exp(-(t + k) / 8)) for t in range(1, T + 1)]

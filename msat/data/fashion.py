@@ -27,10 +27,11 @@ import struct
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, TensorDataset
 
 from ..utils import atomic_write_bytes, file_sha256
 from .base import DataBundle, DatasetError, dataset_root, unavailable
+from .vision import CALIB_TRANSFORMS
 
 FILES = {  # name -> (IDX magic, expected shape)
     "train-images-idx3-ubyte": (2051, (60000, 28, 28)),
@@ -155,10 +156,6 @@ def _tensors(root: str, train: bool, pad_to: int | None, mean: float | None = No
 
 def build_fashion_mnist(cfg, calib_transform: str = "test") -> DataBundle:
     """Fashion-MNIST from ``root`` or Debian's package, checked, normalized with training statistics."""
-    from torch.utils.data import TensorDataset
-
-    from .vision import CALIB_TRANSFORMS
-
     pad_to = cfg["pad_to"]
     if pad_to is not None and int(pad_to) < 28:
         raise DatasetError(f"dataset.pad_to must be >= 28 (the image side) or null, got {pad_to}")

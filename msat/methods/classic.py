@@ -2,7 +2,7 @@
 potential and burst spikes. All run integrate-and-fire neurons with th = k * theta_l."""
 from __future__ import annotations
 
-from . import register_method
+from .registry import register_method
 from .base import Method
 
 

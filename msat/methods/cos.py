@@ -35,7 +35,7 @@ each layer over all its steps before the next one; our engine runs the rho steps
 each layer does the same, and stores V(-1)/theta - ``neuron.v_init`` as the neuron's ``v0`` (one value per
 sample and neuron: (B, ...)), which the next batch's pre-simulation replaces. Potentials are in activation
 units (``v * theta_l``) where the code divides the input by theta_l. The rule needs IF neurons with
-threshold theta and soft reset (``check_config``). On a ReLU ANN (our extension; the code needs a QCFS ANN)
+threshold theta and soft reset (``check_groups``). On a ReLU ANN (our extension; the code needs a QCFS ANN)
 the thresholds are the max-norm calibration (SPEC 1.3) and the rule is the same.
 """
 from __future__ import annotations
@@ -45,10 +45,10 @@ from typing import Any, Callable
 
 import torch
 
-from ..config import ConfigError, ConversionConfig, MethodConfig, param
+from ..config import ConfigError, ConversionConfig, EngineOptions, MethodConfig, param
 from ..neurons import SpikingNeuron, reset_net
-from ..simulation import SimOptions, run_steps
-from . import register_method
+from ..simulation import run_steps
+from .registry import register_method
 from .base import CalibContext, Method
 from .qcfs import is_qcfs_ann, lambda_thresholds
 
@@ -141,7 +141,7 @@ class Cos(Method):
     on_qcfs = True                               # set by thresholds(): which ANN was converted
 
     @classmethod
-    def check_config(cls, cfg: ConversionConfig) -> None:
+    def check_groups(cls, cfg: ConversionConfig) -> None:
         n = cfg.neuron
         if n.gamma != 1 or n.reset != "soft" or n.k != 1.0:
             raise ConfigError("method=cos shifts the potential of IF neurons with threshold theta and soft reset: it "
@@ -166,7 +166,7 @@ class Cos(Method):
         for m in neurons:
             m.set_v0(None)                      # the previous batch's offsets
         reset_net(snn)
-        opts = SimOptions.resolve(x.device, cuda_graphs=False, chunk_bytes=0)
+        opts = EngineOptions(cuda_graphs=False, chunk_bytes=0)
         with calibrating_starts(neurons, rho, self.params.margin):
             run_steps(snn, x, rho, rho, return_output=False, opts=opts)
         reset_net(snn)

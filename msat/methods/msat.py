@@ -2,7 +2,7 @@
 (SPEC section 2), its DTT-only and DET-only ablations, and spike confidence on the last layer."""
 from __future__ import annotations
 
-from . import register_method
+from .registry import register_method
 from .base import Method
 
 

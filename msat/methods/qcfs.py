@@ -9,8 +9,8 @@ soft reset (fire when V >= theta), output s * theta (the official code's ``IF`` 
 """
 from __future__ import annotations
 
-from ..conversion import ConversionError
-from . import register_method
+from ..utils import ConversionError
+from .registry import register_method
 from .base import CalibContext, Method
 
 

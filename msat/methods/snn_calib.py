@@ -22,8 +22,21 @@ Where we follow the code rather than the paper: the candidates (95, from the max
 the closed-form corrections (no iterative optimization). Where we differ: the code corrects the bias of
 the conv before each ReLU; we add the correction to the neuron's input current, which is the same for a
 conv -> ReLU chain and also serves a ReLU after a residual add (the code has special residual modules).
-The calibration data are the run's calibration batches (shared by every method), not the code's
-training loader.
+The code's networks use average pooling only; on a max-pool network our rows run LIPool
+(``pool=lipool``), and their label says so.
+
+The calibration data (``method.protocol``):
+
+- ``shared`` (the default): the run's calibration batches, shared by every method (``calib.*``): the
+  thresholds from all of them, the corrections on the first;
+- ``official``: the code's protocol (``CIFAR/main_calibration.py``): ``get_maximum_activation(...,
+  momentum=0.9, iters=5)`` reads 7 batches of 128 augmented training images of the shuffled training
+  loader (its loop breaks after ``i > iters``), and ``bias_corr_model`` corrects on one fresh batch of the
+  same loader. It fixes ``calib.batches=8, calib.batch_size=128, calib.transform=train,
+  calib.shuffle=true`` (``fixed_groups``): the first 7 batches give the thresholds, the 8th the
+  corrections. The code reports the mean of 5 seeds (``seed + i``, i < 5): one run here is one seed
+  (``seed=``, which orders and augments the calibration batches); ``make compare-methods`` runs the
+  seeds of ``method.seeds`` and reports their mean +- sd.
 """
 from __future__ import annotations
 
@@ -35,8 +48,8 @@ import torch
 
 from ..config import ConfigError, MethodConfig, param
 from ..simulation import Observer, simulate
-from ..utils import Interrupted, StopSignals, hydra_run_dir, resume_command
-from . import register_method
+from ..utils import ConversionError, Interrupted, StopSignals, hydra_run_dir, resume_command
+from .registry import register_method
 from .base import CalibContext, Method
 
 Tensor = torch.Tensor
@@ -49,6 +62,11 @@ class SNNCalibConfig(MethodConfig):
     candidates: int = param(95, "threshold candidates theta_i = max * (1 - 0.01 i), i < candidates (<= 100)")
     momentum: float = param(0.9, "EMA momentum of the per-batch thresholds over calibration batches")
     shift: bool = param(True, "add theta / (2 T) to the input current at every step")
+    protocol: str = param("shared", "calibration data: shared (the run's calibration batches, every method's) | "
+                          "official (the code's: 7 augmented training batches of 128 for the thresholds, a fresh "
+                          "one for the corrections; fixes calib.*)", ("shared", "official"))
+    seeds: int = param(5, "official protocol: the seeds make compare-methods averages (the code's 5); one run is "
+                       "one seed (seed=)")
 
     def check(self, where: str = "method") -> None:
         if self.calib_T is not None and self.calib_T < 1:
@@ -57,6 +75,8 @@ class SNNCalibConfig(MethodConfig):
             raise ConfigError(f"{where}.candidates must be in 1..100, got {self.candidates}")
         if not 0.0 <= self.momentum < 1.0:
             raise ConfigError(f"{where}.momentum must be in [0, 1), got {self.momentum}")
+        if self.seeds < 1:
+            raise ConfigError(f"{where}.seeds must be >= 1, got {self.seeds}")
 
     def resolve(self, T: Optional[int]) -> "SNNCalibConfig":
         if self.calib_T is not None:
@@ -64,6 +84,11 @@ class SNNCalibConfig(MethodConfig):
         if T is None:
             raise ConfigError("method.calib_T defaults to the run's T: set method.calib_T or give T")
         return replace(self, calib_T=T)
+
+
+# the official protocol's calibration data (CIFAR/main_calibration.py: batch 128, get_maximum_activation iters=5)
+OFFICIAL_THRESHOLD_BATCHES = 7
+OFFICIAL_BATCH_SIZE = 128
 
 
 def stop_requested() -> Optional[int]:
@@ -147,14 +172,50 @@ class SNNCalibLight(Method):
     label = "SNN Calibration, light"
     citation = "Li et al., ICML 2021"
     params = SNNCalibConfig
-    variants = ({"method.calib_T": 8}, {"method.calib_T": 32}, {"method.calib_T": 256})
+    # calibrated for T=8 with both protocols (the official one on its seeds), then for longer T
+    variants = ({"method.calib_T": 8}, {"method.calib_T": 8, "method.protocol": "official"},
+                {"method.calib_T": 32}, {"method.calib_T": 256})
+    headline = 2
     potential = False
+    max_pools = False                      # set by thresholds(): the network has spiking (max) pools
+    threshold_batches = (0, 0)             # set by thresholds(): how many batches of how many images it read
+
+    @classmethod
+    def fixed_groups(cls, params: SNNCalibConfig) -> dict:
+        if params.protocol != "official":
+            return {}
+        return {"calib": {"batches": OFFICIAL_THRESHOLD_BATCHES + 1, "batch_size": OFFICIAL_BATCH_SIZE,
+                          "transform": "train", "shuffle": True}}
+
+    @classmethod
+    def run_seeds(cls, params: SNNCalibConfig) -> int:
+        return params.seeds if params.protocol == "official" else 1
 
     def describe(self) -> str:
-        return f"{self.label} (calib. T={self.params.calib_T})"
+        p = self.params
+        n, size = self.threshold_batches
+        data = (f"official protocol: {n} augmented training batch{'es' if n != 1 else ''} of {size}, corrections "
+                "on a fresh one" if p.protocol == "official" else "shared calibration batch")
+        pools = "; LIPool on max pooling (the official code has average pooling only)" \
+            if self.max_pools and self.cfg.pool.name == "lipool" else ""
+        return f"{self.label} (calib. T={p.calib_T}, {data}{pools})"
+
+    def _split(self, ctx: CalibContext) -> tuple[list[Tensor], Tensor]:
+        """(the threshold batches, the correction batch): official: all but the last (7 of 8) and the last;
+        shared: every batch and the first."""
+        if self.params.protocol != "official":
+            return ctx.batches, ctx.batches[0]
+        if len(ctx.batches) < 2:
+            raise ConversionError(f"SNN Calibration's official protocol needs at least 2 calibration batches (the "
+                                  f"thresholds' and a fresh one for the corrections), got {len(ctx.batches)}: the "
+                                  f"training split holds fewer than {2 * int(ctx.batches[0].shape[0])} images")
+        return ctx.batches[:-1], ctx.batches[-1]
 
     def thresholds(self, ctx: CalibContext) -> dict:
         p, per_channel = self.params, ctx.cfg.calib.per_channel
+        self.max_pools = bool(ctx.pools)
+        batches = self._split(ctx)[0]
+        self.threshold_batches = (len(batches), int(batches[0].shape[0]))
         found: dict = {}
 
         def record(neuron, x: Tensor) -> None:
@@ -162,11 +223,11 @@ class SNNCalibLight(Method):
             theta = mmse_threshold(neuron.forward(x.detach()), p.calib_T, p.candidates, per_channel)
             found[neuron] = theta if neuron not in found else p.momentum * found[neuron] + (1 - p.momentum) * theta
 
-        ctx.activations(record)
+        ctx.activations(record, batches)
         return found
 
     def after_convert(self, snn, ctx: CalibContext) -> None:
-        T, x = self.params.calib_T, ctx.batches[0]
+        T, x = self.params.calib_T, self._split(ctx)[1]
         neurons = [m for _, m in snn.neuron_layers()]
         for m in neurons:
             if self.params.shift:

@@ -30,7 +30,7 @@ from dataclasses import dataclass, replace
 from typing import Optional
 
 from ..config import ConfigError, MethodConfig, param
-from . import register_method
+from .registry import register_method
 from .base import Method
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from ..config import ConfigError, MethodConfig, param
 from ..neurons import reset_net
 from ..simulation import run_steps
-from . import register_method
+from .registry import register_method
 from .base import CalibContext, Method
 from .qcfs import is_qcfs_ann, lambda_thresholds
 

@@ -22,11 +22,13 @@ import weakref
 from typing import Any, Callable, Mapping, Optional
 
 import torch
+import torch.hub
 import torch.nn as nn
 
-from ..config import ModelConfig, from_mapping
-from ..utils import UserError, to_plain
-from .activations import apply_activation
+from ..config import ConfigError, ModelConfig, from_mapping
+from ..utils import ConversionError, UserError, to_plain
+from .activations import QCFS, apply_activation
+from .graph import is_activation, trace
 from .registry import _REGISTRY, create_model, list_models
 
 SPEC_KEYS = ("name", "kwargs", "act", "act_L", "arch", "weights", "_target_")
@@ -38,6 +40,7 @@ _BUILT_FOR: "weakref.WeakKeyDictionary[nn.Module, int]" = weakref.WeakKeyDiction
 def model_spec(model_cfg: Any, data_kwargs: Optional[Mapping] = None) -> dict:
     """The validated, plain description of the model to build (kwargs merged: data, then config)."""
     mc = from_mapping(ModelConfig, model_cfg, "model")
+    check_model_name(mc)
     kwargs = {**dict(data_kwargs or {}), **dict(mc.kwargs)}
     if mc.width is not None:
         if kwargs.get("width", mc.width) != mc.width:
@@ -45,6 +48,13 @@ def model_spec(model_cfg: Any, data_kwargs: Optional[Mapping] = None) -> dict:
         kwargs["width"] = mc.width
     return {"name": mc.name, "kwargs": kwargs, "act": mc.act, "act_L": mc.act_L, "arch": mc.arch,
             "weights": mc.weights, "_target_": mc._target_}
+
+
+def check_model_name(mc: ModelConfig) -> None:
+    """A registered model's name must be known (a torchvision ``arch`` or a custom ``_target_`` names itself)."""
+    if mc.arch is None and mc._target_ is None and mc.name not in _REGISTRY:
+        raise ConfigError(f"unknown model {mc.name!r}; valid models: {', '.join(list_models())} "
+                          "(or model=torchvision model.arch=..., model=custom model._target_=...)")
 
 
 def _import(path: str) -> Callable:
@@ -122,8 +132,6 @@ def _torchvision(arch: str, weights: Optional[str], num_classes: int, kwargs: di
     except TypeError as e:
         raise UserError(f"torchvision {arch}: {e}") from e
     except Exception as e:  # no internet, corrupt cache
-        import torch.hub
-
         raise UserError(f"torchvision {arch} weights {w.name} could not be loaded ({type(e).__name__}: {e}); "
                         f"place {w.url.rsplit('/', 1)[-1]} in {torch.hub.get_dir()}/checkpoints/ or set "
                         "model.weights=null") from e
@@ -197,9 +205,6 @@ def activation_sites(spec: Mapping, num_classes: int) -> int:
 
 
 def _count_sites(spec: Mapping, num_classes: int) -> int:
-    from ..conversion import ConversionError, trace
-    from .activations import QCFS
-
     meta = {**spec, "weights": None}
     with torch.device("meta"):
         model = build_from_spec(meta, num_classes)
@@ -208,9 +213,7 @@ def _count_sites(spec: Mapping, num_classes: int) -> int:
     except ConversionError:                       # not traceable: conversion says so later
         return sum(isinstance(m, (nn.ReLU, QCFS)) for m in model.modules())
     modules = dict(gm.named_modules())
-    from ..conversion import _is_relu
-
-    return sum(_is_relu(n, modules) for n in gm.graph.nodes)
+    return sum(is_activation(n, modules) for n in gm.graph.nodes)
 
 
 def check_input(model: nn.Module, x: torch.Tensor, spec: Mapping, dataset: str,
@@ -249,4 +252,4 @@ def check_output(out: Any, batch: int, num_classes: Optional[int], spec: Mapping
         raise UserError(f"{head} {out.dtype} values, not floating-point logits {want}")
 
 
-__all__ = ["build_model", "build_from_spec", "model_spec", "activation_sites", "check_input", "check_output"]
+__all__ = ["build_model", "build_from_spec", "model_spec", "check_model_name", "activation_sites", "check_input", "check_output"]

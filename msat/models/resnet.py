@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+import torch.hub
 import torch.nn as nn
 
 from .registry import register_model
@@ -82,8 +83,6 @@ def resnet34(num_classes: int = 1000, pretrained: bool = False, act: type[nn.Mod
         try:
             model = tv_resnet34(weights=weights)
         except Exception as e:  # no internet, proxy, corrupt cache, ...
-            import torch.hub
-
             raise RuntimeError(
                 f"resnet34(pretrained=True) could not get the torchvision weights from {weights.url} "
                 f"({type(e).__name__}: {e}). Download that file on a machine with internet and place it in "
