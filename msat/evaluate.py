@@ -67,12 +67,12 @@ def check_config(cfg: Any) -> tuple[EvalConfig, ConversionConfig]:
     stages read from then on (``prepare`` converts with the ``ConversionConfig`` as it is)."""
     ecfg = from_mapping(EvalConfig, cfg)
     ds = dataset_config(ecfg.dataset)
-    conv = conversion_config(ecfg, T=ecfg.T)             # the typed groups of ecfg, checked above
-    if conv.sc.enabled:
-        check_sc_steps(conv.sc.E, ecfg.T)
+    ccfg = conversion_config(ecfg, T=ecfg.T)             # the typed groups of ecfg, checked above
+    if ccfg.sc.enabled:
+        check_sc_steps(ccfg.sc.E, ecfg.T)
     layers = activation_sites(model_spec(ecfg.model), ds["num_classes"])
     check_memory(ecfg.T, layers)
-    return ecfg, conv
+    return ecfg, ccfg
 
 
 # bytes per time step and spiking layer that a run keeps: SpikeStats' four int64 counts, the four curves as
@@ -212,7 +212,7 @@ class Prepared:
     """Everything the later stages need, built before any simulation."""
 
     cfg: EvalConfig
-    conv: ConversionConfig
+    ccfg: ConversionConfig
     resolved: dict                       # the composed config, resolved: what is recorded
     run_dir: Path
     env: DistEnv
@@ -245,7 +245,7 @@ def checkpoint_path(ecfg: EvalConfig, resolved: Mapping) -> Path:
     return Path(ecfg.ckpt) if ecfg.ckpt else default_ckpt_path(resolved)
 
 
-def prepare(ecfg: EvalConfig, conv: ConversionConfig, resolved: dict, run_dir: Path, env: DistEnv,
+def prepare(ecfg: EvalConfig, ccfg: ConversionConfig, resolved: dict, run_dir: Path, env: DistEnv,
             device: torch.device) -> Prepared:
     """Checkpoint, data, the ANN (rebuilt from the checkpoint's spec), calibration batches, conversion."""
     seed_everything(ecfg.seed)
@@ -255,15 +255,15 @@ def prepare(ecfg: EvalConfig, conv: ConversionConfig, resolved: dict, run_dir: P
     ckpt = load_checkpoint(ckpt_path, dataset=ecfg.dataset["name"], model=ecfg.model.name)
     ckpt_sha = file_sha256(ckpt_path)
     train_run = {k: ckpt.get(k) for k in ("run_dir", "seed", "epoch", "test_acc")} if "model_spec" in ckpt else {}
-    bundle = build_data(ecfg.dataset, artifacts=ckpt.get("artifacts") or None, calib_transform=conv.calib.transform)
+    bundle = build_data(ecfg.dataset, artifacts=ckpt.get("artifacts") or None, calib_transform=ccfg.calib.transform)
     check_shards(len(bundle.test), ecfg.sim.batch_size, env.world_size)
     model, spec = build_model(ecfg.model, bundle.num_classes, bundle.model_kwargs, ckpt)
     load_model_weights(model, ckpt)
     check_input(model, bundle.test[0][0].unsqueeze(0), spec, bundle.name)
     model = model.to(device).eval()
-    calib = [x.to(device) for x in calibration_batches(conv.calib, bundle, ecfg.seed)]
-    snn = convert(model, calib, conv).to(device).eval()
-    return Prepared(ecfg, conv, resolved, run_dir, env, device, ckpt_path, bundle, model, spec, snn, calib,
+    calib = [x.to(device) for x in calibration_batches(ccfg.calib, bundle, ecfg.seed)]
+    snn = convert(model, calib, ccfg).to(device).eval()
+    return Prepared(ecfg, ccfg, resolved, run_dir, env, device, ckpt_path, bundle, model, spec, snn, calib,
                     ckpt_sha, train_run, report_steps(ecfg.T, ecfg.report_T))
 
 
@@ -456,7 +456,7 @@ def summarize(prep: Prepared, counts: Counts, t_start: float) -> dict:
     T, total, ann_correct = cfg.T, counts.total, counts.ann_correct
     correct = counts.accs.correct.cpu().tolist()
     acc = [c / total for c in correct]
-    E = prep.conv.sc.E
+    E = prep.ccfg.sc.E
     t_stat = min(E, T) if E > 0 else T
     curves = counts.stats.curves()
     names = [n for n, _ in snn.neuron_layers()]
@@ -553,9 +553,9 @@ def reusable(run_dir: Path, resolved: Mapping, ckpt_path: Path) -> dict | None:
     return done if done.get("ckpt_sha256") == file_sha256(ckpt_path) else None
 
 
-def start_line(ecfg: EvalConfig, conv: ConversionConfig, run_dir: Path) -> str:
+def start_line(ecfg: EvalConfig, ccfg: ConversionConfig, run_dir: Path) -> str:
     """The line a run starts with: what it converts and simulates, and where its files go."""
-    return (f"convert_eval: method {conv.method.name}, model {ecfg.model.name}, dataset {ecfg.dataset['name']}, "
+    return (f"convert_eval: method {ccfg.method.name}, model {ecfg.model.name}, dataset {ecfg.dataset['name']}, "
             f"T={ecfg.T}; run dir {run_dir}")
 
 
@@ -575,14 +575,14 @@ def run(cfg: Any, run_dir: str | os.PathLike | None = None) -> dict:
     (its lock, signals, the logger and the process group closed on every path).
     """
     t_start = time.perf_counter()
-    ecfg, conv = check_config(cfg)
+    ecfg, ccfg = check_config(cfg)
     resolved = dict(to_plain(cfg))
     run_dir = Path(run_dir) if run_dir is not None else (hydra_run_dir() or default_run_dir(ecfg))
     if ecfg.skip_done and (done := reusable(run_dir, resolved, checkpoint_path(ecfg, resolved))) is not None:
         log.info("skip_done: %s already holds this run's metrics.json", run_dir)
         return done
-    with run_in_dir(run_dir, ecfg.device, announce=start_line(ecfg, conv, run_dir)) as job:
-        prep = prepare(ecfg, conv, resolved, run_dir, job.env, job.device)
+    with run_in_dir(run_dir, ecfg.device, announce=start_line(ecfg, ccfg, run_dir)) as job:
+        prep = prepare(ecfg, ccfg, resolved, run_dir, job.env, job.device)
         rl = job.open_logger(ecfg.logger, resolved, local=False)
         counts = simulate_split(prep, job.signals)
         metrics = summarize(prep, counts, t_start)

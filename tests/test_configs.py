@@ -50,7 +50,7 @@ def test_required_group_options_exist():
 def test_every_option_composes(group, option):
     cfg = compose_eval(f"{group}={option}")
     assert OmegaConf.to_container(cfg, resolve=True)                      # every interpolation resolves
-    ecfg, conv = check_config(cfg)                                       # every group validates
+    ecfg, ccfg = check_config(cfg)                                       # every group validates
     if group == "experiment":
         assert cfg.name == option                                        # runs are labelled by name
 
@@ -88,10 +88,10 @@ def test_method_group_is_generated_and_composes_to_the_library_preset(name):
 
 def test_method_overrides_apply_on_top_and_are_validated():
     cfg = compose_eval("method=msat_dtt", "neuron.alpha=0.3", "pool=gate")
-    conv = conversion_config(cfg)
-    assert (conv.neuron.use_det, conv.neuron.alpha, conv.pool.name) == (False, 0.3, "gate")
-    conv = conversion_config({"method": "robust_norm", "calib": {"percentile": 0.9999}})
-    assert conv.calib.percentile == 0.9999
+    ccfg = conversion_config(cfg)
+    assert (ccfg.neuron.use_det, ccfg.neuron.alpha, ccfg.pool.name) == (False, 0.3, "gate")
+    ccfg = conversion_config({"method": "robust_norm", "calib": {"percentile": 0.9999}})
+    assert ccfg.calib.percentile == 0.9999
     with pytest.raises(ConfigError, match="unknown key method.tau; valid keys of method: name"):
         conversion_config({"method": {"name": "msat", "tau": 3}})
     with pytest.raises(UserError, match="unknown method 'lif'; valid methods: if_max, robust_norm"):
@@ -187,9 +187,9 @@ def test_recorded_conversion_config_equals_the_composed_one(exp):
     """What ``msat.convert`` receives (and metrics.json records as method.conversion) is exactly the
     composed neuron/calib/sc/pool blocks: nothing is stripped or re-defaulted on the way."""
     cfg = compose_eval(f"experiment={exp}")
-    _, conv = check_config(cfg)
+    _, ccfg = check_config(cfg)
     composed = OmegaConf.to_container(cfg, resolve=True)
-    recorded = dataclasses.asdict(conv)
+    recorded = dataclasses.asdict(ccfg)
     for group in ("neuron", "calib", "sc", "pool"):
         assert recorded[group] == composed[group], (exp, group)
     assert recorded["method"]["name"] == composed["method"]["name"]

@@ -200,8 +200,8 @@ def test_matches_a_port_of_the_official_code(rho, T):
 
 
 def test_config_label_and_relu_extension():
-    conv = conversion_config({"method": "cos"})
-    assert (conv.method.rho, conv.method.margin, conv.neuron.v_init) == (4, 1e-3, 0.5)
+    ccfg = conversion_config({"method": "cos"})
+    assert (ccfg.method.rho, ccfg.method.margin, ccfg.neuron.v_init) == (4, 1e-3, 0.5)
     with pytest.raises(ConfigError, match="method.rho must be >= 1"):
         conversion_config({"method": {"name": "cos", "rho": 0}})
     with pytest.raises(ConfigError, match="neuron.gamma=1, neuron.reset=soft, neuron.k=1"):

@@ -175,8 +175,8 @@ def test_spicalib_negative_spikes_by_hand():
 def test_spicalib_defaults_labels_and_signed_statistics():
     """BrainCog's rule by default; A = T // 2 when not given (this project's choice: BrainCog's default 0 is off);
     every label names its rule."""
-    conv = conversion_config({"method": "spicalib"}, T=64)
-    assert (conv.method.allowance, conv.method.debt, conv.calib.percentile) == (32, "braincog", 0.9995)
+    ccfg = conversion_config({"method": "spicalib"}, T=64)
+    assert (ccfg.method.allowance, ccfg.method.debt, ccfg.calib.percentile) == (32, "braincog", 0.9995)
     with pytest.raises(ConfigError, match="defaults to T // 2"):
         conversion_config({"method": "spicalib"})
     with pytest.raises(ConfigError, match="valid values: braincog, net"):

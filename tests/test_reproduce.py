@@ -35,17 +35,17 @@ def job_configs(target: str, *extra: str) -> list[dict]:
 def fake_run(cfg: dict, k: int) -> dict:
     """Metrics shaped like evaluate.run's, every measured value distinct per job ``k`` (and per layer), so a
     table that reads the wrong run or the wrong layer shows the wrong number."""
-    conv = conversion_config(cfg, T=cfg["T"])
-    method = get_method(conv.method.name)(conv)
+    ccfg = conversion_config(cfg, T=cfg["T"])
+    method = get_method(ccfg.method.name)(ccfg)
     T = cfg["T"]
     acc = [0.9 * (1 - math.exp(-(t + k) / 8)) for t in range(1, T + 1)]
     names = [f"features.{3 * i + 2}" for i in range(13)]
     layers = [{"name": n, "scale": 2.0, "firing_rate": 0.01 * (i + 1) + 0.0001 * k, "sin_ratio": 0.1, "q": 0.2,
-               "ans": 1.5 + k + 0.01 * i, "p": 0.8 - 0.01 * k if conv.sc.enabled and i == 12 else None}
+               "ans": 1.5 + k + 0.01 * i, "p": 0.8 - 0.01 * k if ccfg.sc.enabled and i == 12 else None}
               for i, n in enumerate(names)]
     return {"name": cfg["name"], "dataset": cfg["dataset"]["name"], "model": cfg["model"]["name"],
             "method": {"name": method.name, "label": method.describe(), "dynamics": method.dynamics,
-                       "conversion": dataclasses.asdict(conv)},
+                       "conversion": dataclasses.asdict(ccfg)},
             "ann_acc": 0.9 + 0.001 * k, "acc": acc, "steps_to_lossless": 10 + k, "layers": layers,
             "sin_curve": {n: [0.01 * t + 0.001 * k + 0.0001 * i for t in range(T)] for i, n in enumerate(names)},
             "energy": {"op_ann": {"c1": 1_770_000, "c2": 10_000_000}, "op_snn": {"c1": 1_770_000, "c2": 2e7 + k},
