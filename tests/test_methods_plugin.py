@@ -11,9 +11,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-
-from msat.training import train
+from helpers import train_digits
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,13 +30,8 @@ class HalfIF(Method):
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> Path:
-    """A digits_cnn checkpoint of one short epoch (train_ann.py's code path, in process)."""
-    d = tmp_path_factory.mktemp("ckpt")
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train_ann", overrides=[f"paths.ckpt_dir={d}", f"paths.output_dir={d}", "logger=none",
-                                              "train.epochs=1", "train.batch_size=64", "train.progress=false"])
-    train(cfg, run_dir=d / "train")
-    return d / "digits_digits_cnn.pt"
+    """A digits_cnn checkpoint of one short epoch."""
+    return train_digits(tmp_path_factory.mktemp("ckpt"))
 
 
 def _convert_eval(run_dir: Path, ckpt: Path, plugins: Path, *overrides: str) -> dict:

@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-from hydra import compose, initialize_config_dir
 
 import msat
 from experiments import reproduce
 from experiments.reproduce import error_lines, run_cmd
+from helpers import train_digits
 from msat.cli import SWEEP_LOCK_OVERRIDE, with_sweep_lock
 from msat.conversion import ConversionError
 from msat.runs import CheckpointLock, Staging, SweepLock, commit_in_place, load_run
@@ -57,14 +57,8 @@ def empty(path: Path) -> bool:
 @pytest.fixture(scope="module")
 def ckpt_dir(tmp_path_factory) -> Path:
     """A digits_cnn checkpoint of one short epoch (train_ann.py's code path, in process)."""
-    from msat.training import train
-
     d = tmp_path_factory.mktemp("ckpt")
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("train_ann", overrides=[f"paths.ckpt_dir={d}", f"paths.output_dir={d}", "logger=none",
-                                              "train.epochs=1", "train.batch_size=64", "train.progress=false"])
-    train(cfg, run_dir=d / "train")
-    assert (d / "digits_digits_cnn.pt").is_file()
+    assert train_digits(d).is_file()
     return d
 
 
