@@ -23,7 +23,7 @@ LAYERS = ["msat.utils", "msat.config", "msat.stats", "msat.checkpoint", "msat.lo
           "msat.hydra_schema", "msat.cli", "msat"]
 # imports that may stay inside a function: optional, heavy or platform-specific dependencies
 DEFERRED_OK = {"wandb", "matplotlib", "torchvision", "torchaudio", "datasets", "sklearn", "tqdm", "ctypes", "omegaconf",
-               "hydra", "torch.distributed.elastic"}
+               "hydra"}
 
 
 def _modules() -> dict[str, Path]:
