@@ -44,6 +44,24 @@ def _ratio(num: torch.Tensor, den: torch.Tensor) -> list[float]:
     return torch.where(den > 0, num / den.clamp(min=1), torch.zeros_like(num)).tolist()
 
 
+def _rows(st: dict, spikes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A chunk's spikes (Tc, B, ...) as rows (Tc, B*n) and the layer's masks (2, B*n) (all; a_l <= 0), both
+    in the element order of the spikes' memory layout (channels-last spikes are read without a copy).
+
+    The order is fixed at a batch's first chunk (``st["order"]``); a later chunk laid out otherwise is
+    copied into it. Every statistic is a sum over neurons, so the order does not change any count."""
+    order = st.get("order")
+    if order is None:
+        feat = spikes[0]
+        order = tuple(sorted(range(feat.dim()), key=lambda d: -feat.stride(d)))   # stable: ties keep their place
+        if not spikes.permute(0, *[d + 1 for d in order]).is_contiguous():
+            order = tuple(range(feat.dim()))
+        negf = st.pop("neg").permute(order).reshape(-1).float()
+        st["order"], st["w"] = order, torch.stack([torch.ones_like(negf), negf])
+    rows = spikes.permute(0, *[d + 1 for d in order]).reshape(spikes.shape[0], -1)  # a view when laid out so
+    return rows, st["w"]
+
+
 class SpikeStats(Observer):
     """SIN / spike-confidence / ANS / firing-rate curves per spiking layer, summed over batches.
 
@@ -86,11 +104,10 @@ class SpikeStats(Observer):
         self._batch = {}
         for n in names:
             a = preacts[n].detach()                                   # (B, ...)
-            negf = (a <= 0).reshape(-1).float()                       # (B*n,) 1 where a_l <= 0
             self._batch[n] = {
                 "shape": tuple(a.shape),
-                "w": torch.stack([torch.ones_like(negf), negf]),      # (2, B*n): all, a_l <= 0
-                "fired": torch.zeros_like(negf),                      # (B*n,) 1 where N_l(t) > 0
+                "neg": a <= 0,                                        # (B, ...) where a_l <= 0
+                "fired": torch.zeros(a.numel(), device=a.device),     # 1 where N_l(t) > 0, in "order" (on_spikes)
                 "spikes": torch.zeros(2, dtype=torch.int64, device=a.device),  # all, of a_l <= 0
                 "seen": 0,
             }
@@ -112,21 +129,32 @@ class SpikeStats(Observer):
         if t0 != st["seen"] or t0 + Tc > self.T:
             raise ValueError(f"layer {name!r}: got steps {t0}..{t0 + Tc - 1}, "
                              f"expected to start at {st['seen']} within T={self.T}")
+        flat, w = _rows(st, spikes)                                   # (Tc, B*n) and (2, B*n), one element order
         if name not in self._checked:
-            if (spikes.abs() > 64).any() or not torch.equal(spikes, spikes.trunc()):
+            if (flat.abs() > 64).any() or not torch.equal(flat, flat.trunc()):
                 raise ValueError(f"layer {name!r}: spikes must be integer counts in -64..64 per step")
             self._checked.add(name)
-        neg = torch.clamp(spikes, max=0).sum(dtype=torch.float64)     # signed spikes (SpiCalib): emitted < 0
-        self.totals[name][_NEG_SPIKES] -= neg.to(torch.int64)
-        s = spikes.reshape(Tc, -1).abs().float()        # (Tc, B*n); a negative spike is one (signed) spike too
-        fired = torch.clamp(s, max=1.0, out=self._workspace(s))       # (Tc, B*n): 1 where N_l(t) > 0
+        # the value range picks the cheap path; on an accelerator the general one (no host sync per layer)
+        lo, hi = (-1.0, 2.0) if flat.device.type != "cpu" else (float(v) for v in torch.aminmax(flat))
+        s = flat
+        if lo < 0:                                      # signed spikes (SpiCalib): emitted < 0
+            self.totals[name][_NEG_SPIKES] -= torch.clamp(flat, max=0).sum(dtype=torch.float64).to(torch.int64)
+            s = flat.abs()                              # a negative spike is one (signed) spike too
+        s = s.float()
+        ws = self._workspace(s)
+        # 1 where N_l(t) > 0: the running maximum over steps of min(s, 1) (s itself when no count exceeds 1)
+        src = s if lo >= 0 and hi <= 1 else torch.clamp(s, max=1.0, out=ws)
         prev = st["fired"]
-        for i in range(Tc):
-            prev = torch.maximum(fired[i], prev, out=fired[i])
-        st["fired"] = prev.clone()
-        cum = _col_sums(s, st["w"]).cumsum(0) + st["spikes"]         # (Tc, 2) spikes up to t: all, a_l <= 0
+        if Tc == 1:
+            fired = torch.maximum(src[0], prev, out=prev).unsqueeze(0)
+        else:
+            for i in range(Tc):
+                prev = torch.maximum(src[i], prev, out=ws[i])
+            fired = ws
+            st["fired"].copy_(prev)
+        cum = _col_sums(s, w).cumsum(0) + st["spikes"]               # (Tc, 2) spikes up to t: all, a_l <= 0
         st["spikes"] = cum[-1].clone()
-        n_fired = _col_sums(fired, st["w"])                          # (Tc, 2) fired neurons: all, a_l <= 0
+        n_fired = _col_sums(fired, w)                                # (Tc, 2) fired neurons: all, a_l <= 0
         c = self.counts[name][:, t0:t0 + Tc]                          # (4, Tc) view
         c[_FIRED_NEG] += n_fired[:, 1]
         c[_FIRED_POS] += n_fired[:, 0] - n_fired[:, 1]

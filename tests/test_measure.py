@@ -100,6 +100,46 @@ def test_spike_stats_multi_batch_is_sample_weighted_and_mergeable():
     assert merged.all_reduce().curves() == whole.curves()  # no process group: a no-op
 
 
+def _reference_counts(pre: torch.Tensor, spikes: torch.Tensor) -> dict:
+    """SpikeStats' four count rows, brute force from the whole (T, B, ...) spike train."""
+    neg = (pre <= 0).reshape(-1)
+    s = spikes.reshape(spikes.shape[0], -1)
+    cum = s.abs().cumsum(0)
+    fired = cum > 0
+    return {"fired_neg": (fired & neg).sum(1), "fired_pos": (fired & ~neg).sum(1),
+            "sin_spikes": cum[:, neg].sum(1), "spikes": cum.sum(1), "negative": int((-s.clamp(max=0)).sum())}
+
+
+@pytest.mark.parametrize("kind", ["binary", "burst", "signed"])
+@pytest.mark.parametrize("chunks", [[6], [1] * 6, [4, 2]])
+def test_spike_stats_reads_channels_last_spikes_in_place(kind, chunks):
+    # The engine hands channels-last spikes (Tc, B, C, H, W); SpikeStats reads them in memory order (no copy)
+    # with its masks laid out alike. Counts must equal the brute force on a contiguous copy, chunk by chunk.
+    g = torch.Generator().manual_seed(3)
+    pre = torch.randn(3, 4, 5, 2, generator=g)
+    s = (torch.rand(6, 3, 4, 5, 2, generator=g) < 0.4).float()
+    if kind == "burst":
+        s = s * torch.randint(1, 4, s.shape, generator=g)
+    if kind == "signed":
+        s = s * torch.where(torch.rand(s.shape, generator=g) < 0.3, -1.0, 1.0)
+    cl = torch.empty(6 * 3, 4, 5, 2, memory_format=torch.channels_last).view(6, 3, 4, 5, 2)
+    cl.copy_(s)
+    assert not cl.is_contiguous()
+    stats = SpikeStats()
+    feed(stats, {"x": pre}, {"x": cl}, chunks)
+    want = _reference_counts(pre, s)
+    c = stats.counts["x"]
+    assert c[0].tolist() == want["fired_neg"].tolist()
+    assert c[1].tolist() == want["fired_pos"].tolist()
+    assert c[2].tolist() == want["sin_spikes"].long().tolist()
+    assert c[3].tolist() == want["spikes"].long().tolist()
+    assert stats.negative_spikes()["x"] == want["negative"]
+    assert torch.equal(cl, s)                                      # the observer never writes the spikes
+    contiguous = SpikeStats()
+    feed(contiguous, {"x": pre}, {"x": s}, chunks)
+    assert contiguous.curves() == stats.curves()
+
+
 def test_spike_stats_rejects_bad_input():
     stats = SpikeStats()
     stats.begin_batch({"a": A_PRE}, 4)
