@@ -486,6 +486,7 @@ def run_cmd(cmd: list[str], what: str) -> None:
             raise RuntimeError(f"{what} failed (exit code {proc.returncode}): {' '.join(cmd)}")
         return
     log_path = job_log_path(cmd, what)
+    made = next((d for d in reversed([log_path.parent, *log_path.parent.parents]) if not d.exists()), None)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     print(f"{what} (log: {show_path(log_path)}) ...", end="", flush=True)
     t0 = time.perf_counter()
@@ -496,14 +497,31 @@ def run_cmd(cmd: list[str], what: str) -> None:
     if proc.returncode == 0:
         print(f" done in {time.perf_counter() - t0:.0f} s", flush=True)
         return
-    print(" failed", flush=True)
     text = log_path.read_text(errors="replace")
     errors = error_lines(text)
+    refused = bool(errors) and errors[-1].endswith("no job was started")
+    print(" refused" if refused else " failed", flush=True)
     for line in errors[:-1]:
         print(f"  {line}", file=sys.stderr, flush=True)
     last = [line for line in text.splitlines() if line.strip()][-1:] or [""]
     why = errors[-1] if errors else f"exit code {proc.returncode}, last output line: {last[0].strip()[:300]}"
+    if refused:                                   # refused up front (msat.cli.check_jobs): the line is all there is
+        log_path.unlink(missing_ok=True)
+        if made is not None:
+            _remove_empty(log_path.parent, made)
+        raise RuntimeError(f"{what} failed: {why}")
     raise RuntimeError(f"{what} failed: {why} (full output: {show_path(log_path)})")
+
+
+def _remove_empty(folder: Path, top: Path) -> None:
+    """Remove ``folder`` and its parents up to ``top`` (the first folder ``run_cmd`` made) while they are empty."""
+    for d in [folder, *folder.parents]:
+        try:
+            d.rmdir()
+        except OSError:
+            return
+        if d == top:
+            return
 
 
 def train_missing(pairs: Sequence[tuple[str, str]], ckpt_dir: Path, work: Path, smoke: bool,

@@ -52,7 +52,7 @@ from omegaconf.errors import OmegaConfBaseException
 from . import config, evaluate, training
 from .checkpoint import default_ckpt_path, last_ckpt_path, load_checkpoint
 from .config import EvalConfig, TrainRunConfig, field_names
-from .data import digits, synthetic
+from .data import check_available, digits, synthetic
 from .methods import get_method, list_methods
 from .runs import SweepLock
 from .utils import Interrupted, UserError, file_kind, hydra_run_dir, resolve_device, to_plain
@@ -160,7 +160,8 @@ def dir_problem(path: Path) -> str | None:
 def check_dir(path: Path, what: str, keys: str) -> None:
     why = dir_problem(path)
     if why is not None:
-        raise UserError(f"cannot create the {what} {path}: {why}; set {keys} to a folder you can write")
+        verb = "write into" if Path(path).is_dir() else "create"
+        raise UserError(f"cannot {verb} the {what} {path}: {why}; set {keys} to a folder you can write")
 
 
 def check_data_sizes(ds: Mapping) -> None:
@@ -341,9 +342,15 @@ def check_jobs(config: DictConfig) -> None:
         return
     loader = GlobalHydra.instance().hydra.config_loader
     records = [{"overrides": job} for job in jobs]
+    probed: set[str] = set()
     for i, job in enumerate(jobs):
         try:
-            check(task_config(loader.load_sweep_config(config, list(job))))
+            cfg = task_config(loader.load_sweep_config(config, list(job)))
+            check(cfg)
+            dataset = json.dumps(to_plain(cfg.dataset), sort_keys=True, default=str)
+            if dataset not in probed:            # the data of every job is there before the first starts
+                check_available(cfg.dataset)
+                probed.add(dataset)
         except (UserError, *_hydra_errors()) as e:
             shown = " ".join(differing(records, records[i])) or " ".join(job)
             raise UserError(f"job {i} of {len(jobs)} ({shown}): {error_line(e)}; no job was started") from None

@@ -37,10 +37,10 @@ from .data import build_data, build_loader, dataset_config
 from .measure import AccuracyCurve, SpikeStats, energy_report, layer_macs
 from .models import build_model
 from .models.build import activation_sites, check_input, model_spec
-from .runs import Staging, commit_set, load_run, run_id, run_in_dir, write_config
+from .runs import Staging, commit_set, load_run, run_id, run_in_dir, wait_for_checkpoint, write_config
 from .simulation import check_sc_steps, simulate, tune_cpu_allocator
 from .training import ProgressLog
-from .utils import (DistEnv, Interrupted, StopSignals, UserError, all_reduce_sum, atomic_torch_save,
+from .utils import (DistEnv, Interrupted, available_memory, StopSignals, UserError, all_reduce_sum, atomic_torch_save,
                     atomic_write_text, file_sha256, hydra_run_dir, resume_command, seed_everything, to_plain, versions)
 
 log = logging.getLogger(__name__)
@@ -80,22 +80,10 @@ def check_config(cfg: Any) -> tuple[EvalConfig, ConversionConfig]:
 BYTES_PER_STEP_AND_LAYER = 4 * 8 + 4 * 32 + 2 * 32 + 2 * 24
 
 
-def available_memory() -> int | None:
-    """MemAvailable of /proc/meminfo in bytes (None where it cannot be read)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
 def check_memory(T: int, layers: int) -> None:
     """Refuse a T whose per-step curves cannot fit in memory (before any data is read)."""
     need = T * (16 + max(layers, 1) * BYTES_PER_STEP_AND_LAYER)
-    avail = available_memory()
+    avail = available_memory(torch.device("cpu"))
     if avail is not None and need > avail:
         raise UserError(f"T={T} needs about {need / 2**30:.1f} GiB for the per-step curves of {layers} spiking layers "
                         f"(accuracy, SIN and firing rate after every t), more than the {avail / 2**30:.1f} GiB "
@@ -549,8 +537,14 @@ def reusable(run_dir: Path, resolved: Mapping, ckpt_path: Path) -> dict | None:
         return None
     # the numbers do not depend on result-neutral keys, nor on the number of processes
     if config_fingerprint(done.get("config") or {}, 1) != config_fingerprint(resolved, 1):
+        log.info("skip_done: the result in %s was computed with another config; computing it again", run_dir)
         return None
-    return done if done.get("ckpt_sha256") == file_sha256(ckpt_path) else None
+    sha = file_sha256(ckpt_path)
+    if done.get("ckpt_sha256") != sha:
+        log.info("skip_done: the result in %s was computed from another checkpoint (sha256 %s, %s is now %s); "
+                 "computing it again", run_dir, str(done.get("ckpt_sha256"))[:12], ckpt_path, sha[:12])
+        return None
+    return done
 
 
 def start_line(ecfg: EvalConfig, ccfg: ConversionConfig, run_dir: Path) -> str:
@@ -578,6 +572,7 @@ def run(cfg: Any, run_dir: str | os.PathLike | None = None) -> dict:
     ecfg, ccfg = check_config(cfg)
     resolved = dict(to_plain(cfg))
     run_dir = Path(run_dir) if run_dir is not None else (hydra_run_dir() or default_run_dir(ecfg))
+    wait_for_checkpoint(checkpoint_path(ecfg, resolved))     # never the weights of a training still running
     if ecfg.skip_done and (done := reusable(run_dir, resolved, checkpoint_path(ecfg, resolved))) is not None:
         log.info("skip_done: %s already holds this run's metrics.json", run_dir)
         return done
@@ -588,8 +583,9 @@ def run(cfg: Any, run_dir: str | os.PathLike | None = None) -> dict:
         metrics = summarize(prep, counts, t_start)
         if job.env.is_main:
             metrics = write(metrics, prep, rl)
-            print(reporting.run_summary(metrics, prep.steps), flush=True)
-            print(end_line(metrics, run_dir), flush=True)
+    if job.env.is_main:                                   # last: after the logger's closing lines
+        print(reporting.run_summary(metrics, prep.steps), flush=True)
+        print(end_line(metrics, run_dir), flush=True)
     return metrics
 
 

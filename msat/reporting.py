@@ -11,6 +11,7 @@ import functools
 import io
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -208,7 +209,9 @@ def plot_panels(panels: Sequence[Mapping[str, Any]], path: str | os.PathLike, nc
         draw_curves(ax, **panel)
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
-    fig.tight_layout()
+    with warnings.catch_warnings():        # a long legend outside the axes cannot fit: bbox_inches="tight" takes it
+        warnings.filterwarnings("ignore", message="Tight layout not applied", category=UserWarning)
+        fig.tight_layout()
     return save_figure(fig, path)
 
 

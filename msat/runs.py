@@ -368,6 +368,39 @@ class CheckpointLock:
                 pass
 
 
+CKPT_WAIT_S = 5.0        # how long an evaluation waits for a training that holds the checkpoint's lock
+
+
+def checkpoint_writer(path: str | os.PathLike) -> Optional[str]:
+    """The training run that holds the lock of checkpoint ``path`` (``<path>.lock``, :class:`CheckpointLock`), as
+    its holder signed it; None when no training writes it."""
+    lock = Path(path).with_name(Path(path).name + ".lock")
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as e:
+            return _holder(fd) if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES) else None
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def wait_for_checkpoint(path: str | os.PathLike, timeout: float = CKPT_WAIT_S) -> None:
+    """Readers respect training's checkpoint lock: wait up to ``timeout`` seconds for the training that writes
+    ``path`` to end, then refuse in one line naming it (its weights change until it ends)."""
+    deadline = time.monotonic() + timeout
+    while (who := checkpoint_writer(path)) is not None:
+        if time.monotonic() >= deadline:
+            raise UserError(f"checkpoint {path} is being written by a training run ({who}); its weights change "
+                            "until that run ends: evaluate it when the run has finished, or give another ckpt=")
+        time.sleep(0.25)
+
+
 def commit_in_place(run_dir: str | os.PathLike, names: list[str], result: Mapping[str, Any],
                     marker: str = "summary.json") -> dict:
     """Commit files a run wrote into ``run_dir`` as it went (training's config and per-epoch logs) as one set:
@@ -383,7 +416,7 @@ def commit_in_place(run_dir: str | os.PathLike, names: list[str], result: Mappin
     return out
 
 
-__all__ += ["CheckpointLock", "commit_in_place"]
+__all__ += ["CheckpointLock", "checkpoint_writer", "wait_for_checkpoint", "commit_in_place"]
 
 
 # ----------------------------------------------------------------------------- the run wrapper

@@ -17,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import dataclasses
+import math
 import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from .config import PRECISIONS, EngineOptions
 from .network import RESHAPE_METHODS, SpikingNetwork
 from .neurons import SpikingNeuron, reset_net
 from .pooling import SpikingPool
-from .utils import SimulationError
+from .utils import SimulationError, available_memory
 
 Tensor = torch.Tensor
 
@@ -222,6 +223,21 @@ def check_inputs(snn: Any, x: Any, T: Any, chunk: Any, generator: Any, observers
         check_sc_steps(snn.sc.E, T)
 
 
+def check_output_memory(snn: SpikingNetwork, x: Tensor, T: int) -> None:
+    """The (T, B, ...) output ``simulate`` returns must fit in the memory left on ``x``'s device: else one
+    :class:`SimulationError` before any step (the per-sample output size is the one recorded at conversion)."""
+    out = next((n.args[0] for n in snn.graph_module.graph.nodes if n.op == "output"), None)
+    meta = out.meta.get("tensor_meta") if isinstance(out, fx.Node) else None
+    if meta is None or not hasattr(meta, "shape") or len(meta.shape) == 0:
+        return
+    per_sample = math.prod(meta.shape[1:]) * max(torch.empty((), dtype=meta.dtype).element_size(), 4)  # fp32 or wider
+    need, avail = T * x.shape[0] * per_sample, available_memory(x.device)
+    if avail is not None and need > avail:
+        raise SimulationError(f"T={T} needs {need / 2**30:.1f} GiB for the (T, B, {', '.join(map(str, meta.shape[1:]))}) "
+                              f"output, more than the {avail / 2**30:.1f} GiB free on {x.device}: lower T or the batch, "
+                              "or pass return_output=False with observers (their memory does not grow with T)")
+
+
 def check_sc_steps(E: int, T: int) -> None:
     """Spike confidence acts for t < ``E``: it needs ``1 <= E <= T`` (the one check of it: ``simulate`` and
     ``msat.evaluate.check_config`` before any compute)."""
@@ -302,6 +318,8 @@ def simulate(snn: SpikingNetwork, x: Tensor, T: int, chunk: int = 32,
     ``chunk_bytes``) replace single options. Unset options pick the fast path of the device.
     """
     check_inputs(snn, x, T, chunk, generator, observers)
+    if return_output:
+        check_output_memory(snn, x, T)
     opts = engine_options(options, **engine).resolve(x.device)
     x = prepare_network(snn, x, opts)
     reset_net(snn)

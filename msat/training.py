@@ -281,7 +281,10 @@ def train(cfg: Any, run_dir: str | os.PathLike | None = None) -> dict:
     ckpt_path = Path(rc.train.ckpt_path) if rc.train.ckpt_path else default_ckpt_path(config)
     run_dir = Path(run_dir) if run_dir is not None else (hydra_run_dir() or _default_run_dir(rc))
     with run_in_dir(run_dir, rc.device, locks=(CheckpointLock(ckpt_path),)) as run:
-        return _Training(rc, config, run, ckpt_path).fit()
+        result = _Training(rc, config, run, ckpt_path).fit()
+    if run.env.is_main:
+        print(final_line(result), flush=True)             # last: after the logger's closing lines
+    return result
 
 
 def _optimizer(model: nn.Module, t: TrainConfig) -> torch.optim.Optimizer:
@@ -485,8 +488,8 @@ class _Training:
                  metrics["test_acc"], metrics["lr"], metrics["seconds"])
 
     def finish(self, rlog: RunLogger, base: dict) -> dict:
-        """The result; the summary to the logger, and on rank 0 the committed set (``summary.json`` last) and the
-        final line."""
+        """The result; the summary to the logger, and on rank 0 the committed set (``summary.json`` last); ``train``
+        prints the final line once the logger has closed."""
         if self.last_acc is None and self.resume is not None:  # nothing left to train
             self.last_acc = float(self.resume.get("test_acc", self.resume["best_acc"]))
         result = {"best_acc": self.best_acc, "best_epoch": self.best_epoch, "final_acc": self.last_acc,
@@ -494,7 +497,6 @@ class _Training:
         rlog.log_summary({**result, "epochs_done": self.done, "versions": base["versions"]})     # W&B, summary.json
         if self.env.is_main:                                  # summary.json again, last, naming the set it commits
             self.run.commit(rlog.summary, names=RESULT_FILES, marker=SUMMARY)
-            print(final_line(result), flush=True)
         return result
 
 

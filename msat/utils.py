@@ -161,6 +161,25 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
     raise UserError(f"device {name!r} ({dev.type}) is not supported; use {DEVICE_CHOICES}")
 
 
+def available_memory(device: torch.device | str = "cpu") -> int | None:
+    """Bytes that can still be allocated on ``device``: free CUDA memory, or MemAvailable of /proc/meminfo for
+    the host (None where it cannot be read)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        try:
+            return int(torch.cuda.mem_get_info(device)[0])
+        except (RuntimeError, AssertionError):
+            return None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 def file_sha256(path: str | os.PathLike) -> str:
     """sha256 (hex) of a file's bytes, read in 1 MiB blocks."""
     h = hashlib.sha256()

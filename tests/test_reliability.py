@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -26,7 +27,8 @@ from experiments.reproduce import error_lines, run_cmd
 from helpers import train_digits
 from msat.cli import SWEEP_LOCK_OVERRIDE, with_sweep_lock
 from msat.conversion import ConversionError
-from msat.runs import CheckpointLock, Staging, SweepLock, commit_in_place, load_run
+from msat.runs import (CheckpointLock, Staging, SweepLock, checkpoint_writer, commit_in_place, load_run,
+                       wait_for_checkpoint)
 from msat.simulation import SimulationError
 from msat.training import ProgressLog
 from msat.utils import UserError, resolve_device
@@ -251,6 +253,28 @@ def test_training_refuses_a_checkpoint_path_that_is_not_a_file(tmp_path):
         CheckpointLock("/proc/x.pt").__enter__()
 
 
+def test_evaluation_never_reads_a_checkpoint_a_training_is_writing(ckpt_dir, tmp_path):
+    # A training holds <ckpt>.lock while it runs: a reader waits briefly for it, then refuses naming that run.
+    ckpt = ckpt_dir / "digits_digits_cnn.pt"
+    lock = CheckpointLock(ckpt).__enter__()
+    try:
+        assert f"pid {os.getpid()} on " in checkpoint_writer(ckpt)
+        t0 = time.monotonic()
+        with pytest.raises(UserError, match=f"is being written by a training run \\(pid {os.getpid()} on "):
+            wait_for_checkpoint(ckpt, timeout=0.3)
+        assert time.monotonic() - t0 >= 0.3
+        line = one_line(run("convert_eval.py", "logger=none", f"ckpt={ckpt}", "T=4", f"hydra.run.dir={tmp_path / 'r'}"))
+        assert line.startswith(f"error: checkpoint {ckpt} is being written by a training run (pid {os.getpid()} on ")
+        assert not (tmp_path / "r").exists()
+        ends = threading.Timer(0.5, lock.__exit__)                         # the training ends while the reader waits
+        ends.start()
+        wait_for_checkpoint(ckpt, timeout=5)
+        ends.join()
+    finally:
+        lock.__exit__()
+    assert checkpoint_writer(ckpt) is None and not (ckpt_dir / "digits_digits_cnn.pt.lock").exists()
+
+
 # ----------------------------------------------------------------------------- E: the package's listings
 
 def test_listing_functions_at_package_level():
@@ -296,6 +320,7 @@ BAD_SIMULATE = {
     "T string": ((X, "8"), {}, "T must be a positive integer, got '8'"),
     "observer not in a list": ((X, 4), {"observers": msat.Observer()}, "observers must be a list or tuple"),
     "observer without hooks": ((X, 4), {"observers": [object()]}, "observer object lacks on_batch_start"),
+    "an output that cannot fit": ((X, 10 ** 12), {}, "GiB for the (T, B, 10) output, more than the"),
 }
 
 
@@ -597,8 +622,10 @@ def test_reproduce_without_the_data_says_the_one_line_that_matters(tmp_path, cap
     out = capsys.readouterr()
     err = [line for line in out.err.splitlines() if line.strip()]
     assert code == 2 and len(err) == 1 and "Traceback" not in out.out + out.err, out.err
-    assert err[0].startswith("error: training cifar10 / resnet20,vgg16 failed: 2 jobs failed: dataset 'cifar10' is "
-                             "not available under root"), err[0]
-    assert err[0].endswith(f"(full output: {tmp_path / 'work' / 'table3' / 'train' / 'cifar10.log'})")
+    # the data is probed before the training multirun starts (msat.cli.check_jobs): no job runs, nothing is left
+    assert err[0].startswith("error: training cifar10 / resnet20,vgg16 failed: job 0 of 2 (model=resnet20): dataset "
+                             "'cifar10' is not available under root"), err[0]
+    assert err[0].endswith("; no job was started"), err[0]
     assert out.out.splitlines() == [f"training cifar10 / resnet20,vgg16 (log: "
-                                    f"{tmp_path / 'work' / 'table3' / 'train' / 'cifar10.log'}) ... failed"]
+                                    f"{tmp_path / 'work' / 'table3' / 'train' / 'cifar10.log'}) ... refused"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [], list(tmp_path.rglob("*"))

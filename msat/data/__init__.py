@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import os
 from typing import Callable
 
 from ..config import from_mapping
@@ -10,7 +11,8 @@ from ..utils import UnknownNameError, to_plain
 from . import schemas as S
 from .base import DataBundle, DatasetError, DatasetUnavailableError, build_loader
 from .digits import build_digits
-from .fashion import build_fashion_mnist
+from .base import dataset_root
+from .fashion import build_fashion_mnist, locate
 from .imdb import build_imdb
 from .speech import build_speech_commands
 from .synthetic import (build_synthetic_cifar, build_synthetic_digits, build_synthetic_fashion, build_synthetic_imagenet,
@@ -72,5 +74,31 @@ def build_data(cfg, artifacts: dict | None = None, calib_transform: str = "test"
     return builder(cfg, **kwargs)
 
 
-__all__ = ["Cutout", "DataBundle", "DatasetError", "DatasetUnavailableError", "build_data", "build_loader",
+def _files_present(cfg: dict) -> bool:
+    """Whether the files a real dataset reads are where its builder looks (no data is read; synthetic and
+    bundled datasets always are; Fashion-MNIST is located, unpacking Debian's files once)."""
+    name = cfg["name"]
+    if name in ("cifar10", "cifar100"):
+        return os.path.isdir(os.path.join(dataset_root(cfg), {"cifar10": "cifar-10-batches-py",
+                                                               "cifar100": "cifar-100-python"}[name]))
+    if name == "imagenet":
+        return all(os.path.isdir(os.path.join(dataset_root(cfg), s)) for s in ("train", "val"))
+    if name == "speech_commands":
+        return os.path.isdir(os.path.join(dataset_root(cfg), "SpeechCommands", "speech_commands_v0.02"))
+    if name == "imdb":
+        return all(os.path.isfile(os.path.join(dataset_root(cfg), f"{s}.jsonl")) for s in ("train", "test"))
+    if name == "fashion_mnist":
+        locate(cfg)                 # the one unavailable-dataset error when absent; the files checked when there
+    return True
+
+
+def check_available(cfg) -> None:
+    """Refuse, before any job starts, a dataset whose files are absent (and ``download`` is off): the builder's
+    own :class:`DatasetUnavailableError` line (how to get the data). A cheap probe: no data is loaded."""
+    cfg = dataset_config(cfg)
+    if not cfg.get("download") and not _files_present(cfg):
+        build_data(cfg)             # raises the builder's message, which says where and how to get the files
+
+
+__all__ = ["Cutout", "DataBundle", "DatasetError", "DatasetUnavailableError", "build_data", "build_loader", "check_available",
            "dataset_config", "dataset_schemas", "list_datasets"]
