@@ -61,13 +61,13 @@ reproduce-fig7: $(STAMP) ## Fig. 7: firing rate per layer
 reproduce-all: $(STAMP) ## Every reproduce target in turn
 	$(REPRO) all
 
-compare-methods: $(STAMP) ## Every conversion method on one ANN: results/methods.md + .png (DATASET=, MODEL=, SMOKE=1)
+compare-methods: $(STAMP) ## Every conversion method on one ANN: results/methods.md + .png (DATASET=, MODEL=, SMOKE=1, JOBS=2)
 	$(BIN)/python -m experiments.compare_methods --dataset $(DATASET) --model $(MODEL) \
-	  $(if $(filter 1,$(SMOKE)),--smoke) $(if $(CKPT_DIR),--ckpt-dir $(CKPT_DIR))
+	  $(if $(filter 1,$(SMOKE)),--smoke) $(if $(CKPT_DIR),--ckpt-dir $(CKPT_DIR)) $(if $(JOBS),--jobs $(JOBS))
 
-reproduce-claims: $(STAMP) ## The paper's claims tested on real data: results/claims_<dataset>.md (DATASET=fashion_mnist MODEL=resnet20, SMOKE=1)
+reproduce-claims: $(STAMP) ## The paper's claims tested on real data: results/claims_<dataset>.md (DATASET=fashion_mnist MODEL=resnet20, SMOKE=1, JOBS=2)
 	$(BIN)/python -m experiments.claims --dataset $(DATASET) --model $(MODEL) \
-	  $(if $(filter 1,$(SMOKE)),--smoke) $(if $(CKPT_DIR),--ckpt-dir $(CKPT_DIR))
+	  $(if $(filter 1,$(SMOKE)),--smoke) $(if $(CKPT_DIR),--ckpt-dir $(CKPT_DIR)) $(if $(JOBS),--jobs $(JOBS))
 
 # Sweeps (values in conf/sweep/*.yaml): DATASET=, MODEL=, LAUNCHER=local|slurm, ARGS= extra overrides.
 DATASET ?= digits

@@ -299,8 +299,8 @@ def gather(runs: Sequence[Mapping], jobs: Sequence[cm.Row]) -> tuple[dict, dict]
 
 def claims(dataset: str = "fashion_mnist", model: str = "resnet20", smoke: bool = False,
            results_dir: str | Path | None = None, work_dir: str | Path | None = None,
-           ckpt_dir: str | Path | None = None) -> Path:
-    cm.compare(dataset, model, smoke, results_dir, work_dir, ckpt_dir)
+           ckpt_dir: str | Path | None = None, n_jobs: int = 1) -> Path:
+    cm.compare(dataset, model, smoke, results_dir, work_dir, ckpt_dir, n_jobs=n_jobs)
     ctx = cm.context(dataset, model, smoke, results_dir, work_dir, ckpt_dir)
     runs, jobs = cm.load_comparison(ctx)
     first, seeds = gather(runs, jobs)
@@ -343,9 +343,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--results-dir")
     ap.add_argument("--work-dir")
     ap.add_argument("--ckpt-dir")
+    ap.add_argument("--jobs", type=int, default=1, help="the comparison's conversions at once (compare_methods)")
     args = ap.parse_args(argv)
     try:
-        claims(args.dataset, args.model, args.smoke, args.results_dir, args.work_dir, args.ckpt_dir)
+        claims(args.dataset, args.model, args.smoke, args.results_dir, args.work_dir, args.ckpt_dir, args.jobs)
     except (UserError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

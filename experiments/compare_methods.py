@@ -443,9 +443,20 @@ def load_comparison(ctx: Context) -> tuple[list[dict], list[Row]]:
     return runs, list(ctx.jobs)
 
 
-def launch(ctx: Context, jobs: Sequence[Row], extra: Sequence[str] = ()) -> None:
+def parallel(n_jobs: int) -> tuple[list[str], dict[str, str] | None]:
+    """The overrides and environment of a conversion multirun of ``n_jobs`` processes at once (Hydra's ``local``
+    launcher), each with its share of the cores as threads; ``n_jobs`` 1: one job after the other."""
+    if n_jobs < 1:
+        raise UserError(f"--jobs must be at least 1, got {n_jobs}")
+    if n_jobs == 1:
+        return [], None
+    threads = max(1, (os.cpu_count() or 1) // n_jobs)
+    return ["hydra/launcher=local", f"hydra.launcher.n_jobs={n_jobs}"], {"OMP_NUM_THREADS": str(threads)}
+
+
+def launch(ctx: Context, jobs: Sequence[Row], extra: Sequence[str] = (), n_jobs: int = 1) -> None:
     """One convert_eval multirun over ``jobs`` (each into ``ctx.run_dir(job)``; a committed result of the
-    same config and checkpoint is reused)."""
+    same config and checkpoint is reused), ``n_jobs`` of them at once."""
     conf = ctx.work / "conf"
     ckpts = dict(zip(ctx.jobs, ctx.ckpts()))
     for r in jobs:
@@ -460,7 +471,8 @@ def launch(ctx: Context, jobs: Sequence[Row], extra: Sequence[str] = ()) -> None
         cmd.append(f"sim.batch_size={ctx.profile.sim_batch_size}")
     if ctx.smoke:
         cmd += ["sim=smoke", *SMOKE_SIZES]
-    run_cmd(cmd + list(extra), f"compare-methods conversions ({len(jobs)} jobs)")
+    launcher, env = parallel(n_jobs)
+    run_cmd(cmd + launcher + list(extra), f"compare-methods conversions ({len(jobs)} jobs)", env=env)
 
 
 def first_table(md: str) -> str:
@@ -477,13 +489,15 @@ def first_table(md: str) -> str:
 
 def compare(dataset: str = "digits", model: str = "digits_cnn", smoke: bool = False,
             results_dir: str | Path | None = None, work_dir: str | Path | None = None,
-            ckpt_dir: str | Path | None = None, extra: Sequence[str] = ()) -> Path:
-    """Train what is missing, run every method's rows as one multirun, aggregate; returns the markdown path."""
+            ckpt_dir: str | Path | None = None, extra: Sequence[str] = (), n_jobs: int = 1) -> Path:
+    """Train what is missing, run every method's rows as one multirun (``n_jobs`` conversions at once),
+    aggregate; returns the markdown path."""
+    parallel(n_jobs)                                   # a bad --jobs is refused before any training
     ctx = context(dataset, model, smoke, results_dir, work_dir, ckpt_dir)
     profile, jobs, steps = ctx.profile, ctx.jobs, ctx.steps
     needed = sorted({(j.ann, j.seed) for j in jobs}, key=lambda p: (("relu", "qcfs").index(p[0]), p[1]))
     train_anns(needed, ctx.ckpt, ctx.data, model, ctx.work, smoke, profile)
-    launch(ctx, jobs, extra)
+    launch(ctx, jobs, extra, n_jobs)
     runs, _ = load_comparison(ctx)
     ctx.results.mkdir(parents=True, exist_ok=True)
     name = results_name(dataset, model, profile)
@@ -504,10 +518,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--results-dir")
     ap.add_argument("--work-dir")
     ap.add_argument("--ckpt-dir")
+    ap.add_argument("--jobs", type=int, default=1, help="conversions at once (Hydra's local launcher), each with "
+                    "its share of the cores as threads; default 1: one after the other")
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for every conversion")
     args = ap.parse_args(argv)
     try:
-        compare(args.dataset, args.model, args.smoke, args.results_dir, args.work_dir, args.ckpt_dir, args.overrides)
+        compare(args.dataset, args.model, args.smoke, args.results_dir, args.work_dir, args.ckpt_dir, args.overrides,
+                args.jobs)
     except (UserError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -474,14 +474,15 @@ def error_lines(text: str) -> list[str]:
     return errors
 
 
-def run_cmd(cmd: list[str], what: str) -> None:
-    """Run one job (a subprocess in the repository). By default one line says what runs and where its log is,
-    and the output goes to that log; a failure raises one ``RuntimeError`` line with the job's own ``error:``
-    message and the log (further error lines, e.g. one per failed job of a multirun, are printed before it).
-    ``MSAT_VERBOSE=1`` streams the output instead."""
+def run_cmd(cmd: list[str], what: str, env: Mapping[str, str] | None = None) -> None:
+    """Run one job (a subprocess in the repository; ``env``: variables set for it). By default one line says what
+    runs and where its log is, and the output goes to that log; a failure raises one ``RuntimeError`` line with the
+    job's own ``error:`` message and the log (further error lines, e.g. one per failed job of a multirun, are
+    printed before it). ``MSAT_VERBOSE=1`` streams the output instead."""
+    env = None if env is None else {**os.environ, **env}
     if verbose():
         print("+ " + " ".join(cmd), flush=True)
-        proc = subprocess.run(cmd, cwd=REPO)
+        proc = subprocess.run(cmd, cwd=REPO, env=env)
         if proc.returncode != 0:
             raise RuntimeError(f"{what} failed (exit code {proc.returncode}): {' '.join(cmd)}")
         return
@@ -493,7 +494,7 @@ def run_cmd(cmd: list[str], what: str) -> None:
     with open(log_path, "w") as f:
         f.write("+ " + " ".join(cmd) + "\n")
         f.flush()
-        proc = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT)
+        proc = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, env=env)
     if proc.returncode == 0:
         print(f" done in {time.perf_counter() - t0:.0f} s", flush=True)
         return

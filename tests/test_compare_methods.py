@@ -3,6 +3,7 @@ stand-in trains both ANNs, runs one convert_eval multirun job per registered met
 table whose cells are the runs' own numbers."""
 from __future__ import annotations
 
+import sys
 import time
 
 import pytest
@@ -91,3 +92,19 @@ def test_compare_methods_smoke(tmp_path, monkeypatch):
     swapped = [ckpt / "synthetic_digits_digits_cnn_qcfs.pt"] * len(jobs)
     with pytest.raises(RuntimeError, match="another checkpoint"):
         cm.check_runs(runs, jobs, swapped, ctx.runs_dir)
+
+
+def test_parallel_conversions_split_the_cores(tmp_path, monkeypatch):
+    # --jobs N: Hydra's local launcher with N processes, each with its share of the cores as threads
+    monkeypatch.setattr(cm.os, "cpu_count", lambda: 2)
+    assert cm.parallel(1) == ([], None)
+    assert cm.parallel(2) == (["hydra/launcher=local", "hydra.launcher.n_jobs=2"], {"OMP_NUM_THREADS": "1"})
+    assert cm.parallel(4)[1] == {"OMP_NUM_THREADS": "1"}
+    with pytest.raises(cm.UserError, match="--jobs must be at least 1, got 0"):
+        cm.compare("digits", "digits_cnn", smoke=True, work_dir=tmp_path, n_jobs=0)
+    assert not any(tmp_path.iterdir())                     # refused before anything was trained or written
+    # the environment reaches the job (run_cmd)
+    code = "import os, sys; sys.exit(0 if os.environ.get('OMP_NUM_THREADS') == '1' else 3)"
+    cm.run_cmd([sys.executable, "-c", code, f"hydra.run.dir={tmp_path / 'job'}"], "env job", env={"OMP_NUM_THREADS": "1"})
+    with pytest.raises(RuntimeError, match="exit code 3"):
+        cm.run_cmd([sys.executable, "-c", code, f"hydra.run.dir={tmp_path / 'job2'}"], "env job", env={"OMP_NUM_THREADS": "2"})
