@@ -54,7 +54,7 @@ from .checkpoint import default_ckpt_path, last_ckpt_path, load_checkpoint
 from .config import EvalConfig, TrainRunConfig, field_names
 from .data import check_available, digits, synthetic
 from .methods import get_method, list_methods
-from .runs import SweepLock
+from .runs import LOCK, SweepLock
 from .utils import Interrupted, UserError, file_kind, hydra_run_dir, resolve_device, to_plain
 
 log = logging.getLogger(__name__)
@@ -269,7 +269,7 @@ class SweepLockCallback(Callback):
             check_dir(sweep_dir, "sweep directory", "hydra.sweep.dir (or paths.output_dir)")
         except UserError as e:
             refuse(str(e))
-        base, had_lock = existing_base(sweep_dir), (sweep_dir / ".lock").exists()
+        base, had_lock = existing_base(sweep_dir), (sweep_dir / LOCK).exists()
         try:
             self.lock = SweepLock(sweep_dir).__enter__()
         except UserError as e:
@@ -437,7 +437,7 @@ def remove_created(path: Path, base: Path, keep_lock: bool = False) -> None:
     """Remove ``path`` and its parents below ``base`` (what a refused multirun made) when they hold nothing
     but a lock no one holds."""
     if not keep_lock:
-        (path / ".lock").unlink(missing_ok=True)
+        (path / LOCK).unlink(missing_ok=True)
     p = Path(os.path.abspath(path))
     while p != base and base in p.parents:
         try:
@@ -506,9 +506,9 @@ def remove_if_untouched(run_dir: Path | None, stop_at: Path | None = None) -> No
     if run_dir is None or not run_dir.is_dir():
         return
     entries = list(run_dir.iterdir())
-    if not all((p.is_file() and p.suffix == ".log") or p.name == ".lock" for p in entries):
+    if not all((p.is_file() and p.suffix == ".log") or p.name == LOCK for p in entries):
         return
-    lock = run_dir / ".lock"
+    lock = run_dir / LOCK
     if lock.exists():
         fd = os.open(lock, os.O_RDWR)
         try:

@@ -572,8 +572,9 @@ def run(cfg: Any, run_dir: str | os.PathLike | None = None) -> dict:
     ecfg, ccfg = check_config(cfg)
     resolved = dict(to_plain(cfg))
     run_dir = Path(run_dir) if run_dir is not None else (hydra_run_dir() or default_run_dir(ecfg))
-    wait_for_checkpoint(checkpoint_path(ecfg, resolved))     # never the weights of a training still running
-    if ecfg.skip_done and (done := reusable(run_dir, resolved, checkpoint_path(ecfg, resolved))) is not None:
+    ckpt = checkpoint_path(ecfg, resolved)
+    wait_for_checkpoint(ckpt)                              # never the weights of a training still running
+    if ecfg.skip_done and (done := reusable(run_dir, resolved, ckpt)) is not None:
         log.info("skip_done: %s already holds this run's metrics.json", run_dir)
         return done
     with run_in_dir(run_dir, ecfg.device, announce=start_line(ecfg, ccfg, run_dir)) as job:

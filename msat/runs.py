@@ -297,11 +297,17 @@ def load_run(run_dir: str | os.PathLike, verify: bool = True) -> dict:
     return result
 
 
-__all__ = ["run_id", "RunLock", "SweepLock", "Staging", "load_run", "signed_json", "MARKER"]
+__all__ = ["run_id", "LOCK", "RunLock", "SweepLock", "Staging", "load_run", "signed_json", "MARKER"]
 
 
 # ----------------------------------------------------------------------------- training: a checkpoint lock, a set
 # committed in place (its per-epoch logs are written as it goes: they are its resume state)
+
+def ckpt_lock_path(path: str | os.PathLike) -> Path:
+    """The lock a training holds on the checkpoint it writes: ``x.pt`` -> ``x.pt.lock``."""
+    p = Path(path)
+    return p.with_name(p.name + LOCK)
+
 
 class CheckpointLock:
     """Exclusive lock on a checkpoint a training writes (``fcntl.flock`` on ``<path>.lock``), held for the whole
@@ -313,7 +319,7 @@ class CheckpointLock:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        self.lock = self.path.with_name(self.path.name + ".lock")
+        self.lock = ckpt_lock_path(self.path)
         self.fd: Optional[int] = None
         self._made_dir = False
 
@@ -374,9 +380,8 @@ CKPT_WAIT_S = 5.0        # how long an evaluation waits for a training that hold
 def checkpoint_writer(path: str | os.PathLike) -> Optional[str]:
     """The training run that holds the lock of checkpoint ``path`` (``<path>.lock``, :class:`CheckpointLock`), as
     its holder signed it; None when no training writes it."""
-    lock = Path(path).with_name(Path(path).name + ".lock")
     try:
-        fd = os.open(lock, os.O_RDONLY)
+        fd = os.open(ckpt_lock_path(path), os.O_RDONLY)
     except OSError:
         return None
     try:
@@ -416,7 +421,7 @@ def commit_in_place(run_dir: str | os.PathLike, names: list[str], result: Mappin
     return out
 
 
-__all__ += ["CheckpointLock", "checkpoint_writer", "wait_for_checkpoint", "commit_in_place"]
+__all__ += ["ckpt_lock_path", "CheckpointLock", "checkpoint_writer", "wait_for_checkpoint", "commit_in_place"]
 
 
 # ----------------------------------------------------------------------------- the run wrapper

@@ -97,7 +97,7 @@ def check_available(cfg) -> None:
     own :class:`DatasetUnavailableError` line (how to get the data). A cheap probe: no data is loaded."""
     cfg = dataset_config(cfg)
     if not cfg.get("download") and not _files_present(cfg):
-        build_data(cfg)             # raises the builder's message, which says where and how to get the files
+        _BUILDERS[cfg["name"]][0](cfg)      # raises the builder's message, which says where and how to get the files
 
 
 __all__ = ["Cutout", "DataBundle", "DatasetError", "DatasetUnavailableError", "build_data", "build_loader", "check_available",
