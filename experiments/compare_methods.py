@@ -73,7 +73,7 @@ class Profile:
     seed_methods: tuple[str, ...] = ()
     t_grid: tuple[int, ...] = T_GRID
     paired_T: tuple[int, ...] = ()
-    sim_batch_size: int | None = None
+    sim_overrides: tuple[str, ...] = ()     # sim.* overrides of every full-size conversion (batch, chunk)
     variants: str = "all"                    # all: every Method.variants row; first: each method's default row
     sin_overrides: tuple[str, ...] = ()      # claims: extra overrides of the long SIN run (e.g. fewer images)
     claims_raw: bool = True                  # claims: also run MSAT in the authors' raw units
@@ -96,6 +96,8 @@ def load_profile(dataset: str, model: str) -> Profile:
     prof = Profile(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
     if list(prof.t_grid) != sorted(set(prof.t_grid)) or not prof.seeds or any(t not in prof.t_grid for t in prof.paired_T):
         raise UserError(f"{path}: t_grid must be increasing, seeds non-empty, paired_T inside t_grid")
+    if any(not (o.startswith("sim.") and "=" in o) for o in prof.sim_overrides):
+        raise UserError(f"{path}: sim_overrides must be sim.<key>=<value> overrides, got {list(prof.sim_overrides)}")
     if prof.variants not in ("all", "first"):
         raise UserError(f"{path}: variants must be all or first, got {prof.variants!r}")
     return prof
@@ -467,10 +469,7 @@ def launch(ctx: Context, jobs: Sequence[Row], extra: Sequence[str] = (), n_jobs:
            f"report_T=[{','.join(map(str, steps))}]", f"lossless_tol={TOL}", "logger=none", "sim.progress=false",
            f"paths.ckpt_dir={ctx.ckpt}", f"hydra.sweep.dir={ctx.runs_dir}", "hydra.sweep.subdir=${name}",
            "skip_done=true", "resume=true", *ctx.profile.overrides]
-    if ctx.profile.sim_batch_size and not ctx.smoke:
-        cmd.append(f"sim.batch_size={ctx.profile.sim_batch_size}")
-    if ctx.smoke:
-        cmd += ["sim=smoke", *SMOKE_SIZES]
+    cmd += ["sim=smoke", *SMOKE_SIZES] if ctx.smoke else list(ctx.profile.sim_overrides)
     launcher, env = parallel(n_jobs)
     run_cmd(cmd + launcher + list(extra), f"compare-methods conversions ({len(jobs)} jobs)", env=env)
 

@@ -316,3 +316,8 @@ def test_profiles_name_checkpoints_and_rows(tmp_path, monkeypatch):
     monkeypatch.setattr(cm, "REPO", tmp_path)
     with pytest.raises(cm.UserError, match="unknown keys"):
         cm.load_profile("x", "y")
+    (tmp_path / "conf" / "compare" / "x_y.yaml").write_text("sim_overrides: [sim.chunk=16, T=8]\n")
+    with pytest.raises(cm.UserError, match="sim_overrides must be sim.<key>=<value>"):
+        cm.load_profile("x", "y")                                          # only the simulation's settings
+    (tmp_path / "conf" / "compare" / "x_y.yaml").write_text("sim_overrides: [sim.chunk=16, sim.batch_size=50]\n")
+    assert cm.load_profile("x", "y").sim_overrides == ("sim.chunk=16", "sim.batch_size=50")
