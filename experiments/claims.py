@@ -217,7 +217,7 @@ def run_extras(jobs: Sequence[Extra], ckpt: Path, data: str, model: str, profile
                f"ckpt={ckpt}", *[o for o in base if o.split("=", 1)[0] not in own], f"lossless_tol={TOL}",
                "logger=none", "sim.progress=false", f"hydra.run.dir={run_dir}", "skip_done=true", "resume=true",
                f"name=claims_{job.key}", *profile.overrides, *job.overrides]
-        cmd += ["sim=smoke", *cm.SMOKE_SIZES] if smoke else list(profile.sim_overrides)
+        cmd += profile.sim_args(smoke)
         run_cmd(cmd, f"claims run {job.key}")
         out[job.key] = load_run(run_dir)
     return out

@@ -83,6 +83,10 @@ class Profile:
     def named(self) -> bool:
         return bool(self.tag)
 
+    def sim_args(self, smoke: bool) -> list[str]:
+        """The simulation overrides of a conversion: the smoke settings, else the profile's ``sim_overrides``."""
+        return ["sim=smoke", *SMOKE_SIZES] if smoke else list(self.sim_overrides)
+
 
 def load_profile(dataset: str, model: str) -> Profile:
     """The profile of (dataset, model); unknown keys and an unsorted T grid are refused."""
@@ -469,7 +473,7 @@ def launch(ctx: Context, jobs: Sequence[Row], extra: Sequence[str] = (), n_jobs:
            f"report_T=[{','.join(map(str, steps))}]", f"lossless_tol={TOL}", "logger=none", "sim.progress=false",
            f"paths.ckpt_dir={ctx.ckpt}", f"hydra.sweep.dir={ctx.runs_dir}", "hydra.sweep.subdir=${name}",
            "skip_done=true", "resume=true", *ctx.profile.overrides]
-    cmd += ["sim=smoke", *SMOKE_SIZES] if ctx.smoke else list(ctx.profile.sim_overrides)
+    cmd += ctx.profile.sim_args(ctx.smoke)
     launcher, env = parallel(n_jobs)
     run_cmd(cmd + launcher + list(extra), f"compare-methods conversions ({len(jobs)} jobs)", env=env)
 
